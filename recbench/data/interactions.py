@@ -1,0 +1,99 @@
+"""The interactions container every loader returns, and the frequency-ordered id encoding.
+
+Loaders return raw ids exactly as they appear in the source file. ``encode_by_frequency`` then maps
+users and items to ``1..n`` by descending *training* frequency (ties: first appearance in the file),
+keeping 0 free for padding, so that popularity tiers are contiguous id ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """Parallel arrays of (user, item[, rating][, timestamp]) events in file order.
+
+    ``timestamp`` is None for sources that only give an order (sequence files); file order then is
+    the time order. ``name`` is the dataset's name, for messages.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray | None = None
+    timestamp: np.ndarray | None = None
+    name: str = "interactions"
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.user)
+        for label, arr in (("item", self.item), ("rating", self.rating), ("timestamp", self.timestamp)):
+            if arr is not None and len(arr) != n:
+                raise ValueError(f"{label} has {len(arr)} entries but user has {n}")
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @property
+    def num_users(self) -> int:
+        """Distinct users present (not the id range)."""
+        return int(np.unique(self.user).size)
+
+    @property
+    def num_items(self) -> int:
+        """Distinct items present (not the id range)."""
+        return int(np.unique(self.item).size)
+
+    def subset(self, mask_or_index: np.ndarray) -> Interactions:
+        """The events selected by a boolean mask or an index array, in the given order."""
+        pick = lambda a: None if a is None else a[mask_or_index]  # noqa: E731
+        return replace(
+            self,
+            user=self.user[mask_or_index],
+            item=self.item[mask_or_index],
+            rating=pick(self.rating),
+            timestamp=pick(self.timestamp),
+        )
+
+    def time_order(self) -> np.ndarray:
+        """Indices that sort events by (user, timestamp); ties keep file order (stable sort)."""
+        if self.timestamp is None:
+            return np.lexsort((np.arange(len(self)), self.user))
+        return np.lexsort((np.arange(len(self)), self.timestamp, self.user))
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """Raw id <-> dense id (1..n by descending training frequency; 0 is padding)."""
+
+    raw: np.ndarray  # raw[i] is the raw id of dense id i + 1
+    counts: np.ndarray  # counts[i] is the training count of dense id i (counts[0] = 0, padding)
+
+    @property
+    def size(self) -> int:
+        """Number of real ids n; tables hold n + 1 rows."""
+        return len(self.raw)
+
+    def encode(self, raw_ids: np.ndarray) -> np.ndarray:
+        """Dense ids for raw ids; every raw id must be known."""
+        order = np.argsort(self.raw, kind="stable")
+        pos = np.searchsorted(self.raw[order], raw_ids)
+        pos = np.clip(pos, 0, len(order) - 1)
+        found = self.raw[order][pos] == raw_ids
+        if not np.all(found):
+            missing = np.asarray(raw_ids)[~found][:5]
+            raise KeyError(f"unknown raw ids {missing.tolist()}")
+        return order[pos].astype(np.int64) + 1
+
+
+def frequency_id_map(train_ids: np.ndarray, all_ids: np.ndarray) -> IdMap:
+    """Order ids by descending count in ``train_ids``; ties (and ids absent from training) by first
+    appearance in ``all_ids``, which is in file order."""
+    uniq, first = np.unique(all_ids, return_index=True)
+    train_uniq, train_counts = np.unique(train_ids, return_counts=True)
+    counts = np.zeros(len(uniq), dtype=np.int64)
+    counts[np.searchsorted(uniq, train_uniq)] = train_counts
+    order = np.lexsort((first, -counts))
+    return IdMap(raw=uniq[order], counts=np.concatenate([[0], counts[order]]).astype(np.int64))
