@@ -1,0 +1,46 @@
+# recbench developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build of PyTorch by default; GPU users: make install TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-slow lint format mlflow-ui bench reproduce-small clean
+
+help: ## list the commands
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install recbench with its dev tools (CPU PyTorch by default)
+
+run: $(STAMP) ## run the main job on the defaults (synthetic data, GMF, full embeddings); ARGS="..." adds overrides
+	$(PY) -m recbench.run $(ARGS)
+
+test: $(STAMP) ## run the test suite (slow tests excluded)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(STAMP) ## run only the slow tests (real data in RECBENCH_DATA, long trainings)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+lint: $(STAMP) ## check style with ruff
+	$(VENV)/bin/ruff check recbench tests scripts
+
+format: $(STAMP) ## format with ruff
+	$(VENV)/bin/ruff format recbench tests scripts
+
+mlflow-ui: $(STAMP) ## browse recorded runs at http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+clean: ## remove caches and everything under outputs/ (keeps .venv)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,173 @@
+"""Recording runs to MLflow (sqlite store under outputs/ by default).
+
+One MLflow run per training run: tags for dataset/model/method/seed and a hash of the resolved
+config; the flattened config as params; per-epoch ``train/loss`` and ``val/...``; final ``test/...``,
+``size/...`` and ``time/...`` metrics; the resolved config and metrics.json as artifacts. MLflow
+metric names cannot contain ``@``: HR@10 is ``hr_at_10``. A run that raises is ended as FAILED with
+the error message as a tag, so no half-finished run is ever marked FINISHED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Keys that do not change what a run computes, left out of the config hash.
+_HASH_EXCLUDED = ("tracking", "train.progress", "eval.batch_size", "force")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are kept as values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_hash(resolved: Mapping[str, Any]) -> str:
+    """Stable hash of what a run computes (its resolved config minus bookkeeping keys)."""
+    flat = {
+        k: v
+        for k, v in flatten(resolved).items()
+        if not any(k == x or k.startswith(x + ".") for x in _HASH_EXCLUDED)
+    }
+    payload = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class NullTracker:
+    """Records nothing (``tracking=none``); the run folder still gets metrics.json."""
+
+    run_id: str | None = None
+
+    def start(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike[str], subdir: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        pass
+
+
+class MlflowTracker:
+    """Records one run to an MLflow tracking store."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: str) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        self.uri = _absolute_sqlite_uri(uri)
+        self.experiment = experiment
+        self.artifact_root = Path(artifact_root).resolve()
+        self.run_id: str | None = None
+        self.client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(
+                self.experiment, artifact_location=(self.artifact_root / self.experiment).as_uri()
+            )
+        except Exception:  # created concurrently by a parallel run
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def start(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> None:
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        run = _retry(
+            lambda: self.client.create_run(
+                self._experiment_id(), run_name=run_name, tags=dict(tags)
+            )
+        )
+        self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            chunk = items[start : start + 100]
+            _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, step or 0)
+            for key, value in metrics.items()
+            if value is not None
+        ]
+        for start in range(0, len(batch), 500):
+            chunk = batch[start : start + 500]
+            _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+
+    def log_artifact(self, path: str | os.PathLike[str], subdir: str | None = None) -> None:
+        _retry(lambda: self.client.log_artifact(self.run_id, str(path), subdir))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, tags=items))
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        if error:
+            self.set_tags({"error": error})
+        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def make_tracker(enabled: bool, uri: str, experiment: str, artifact_root: str) -> NullTracker | MlflowTracker:
+    if not enabled:
+        return NullTracker()
+    return MlflowTracker(uri, experiment, artifact_root)
+
+
+def _absolute_sqlite_uri(uri: str) -> str:
+    """``sqlite:///outputs/mlflow.db`` is relative to the launch directory; make it absolute so
+    that every process of a sweep writes to the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:6000]
+
+
+def _retry(action, attempts: int = 8, delay: float = 0.25):  # noqa: ANN001, ANN202
+    """Retry store writes that hit sqlite's 'database is locked' under parallel sweeps."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - mlflow wraps sqlite errors in several types
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(delay * (2**attempt))
+    return None

@@ -1,0 +1,318 @@
+"""The one training loop, with its samplers and losses.
+
+Samplers turn a task's training data into batches sliced from tensors built once on the device (no
+per-sample Python); negatives are drawn for a whole epoch in one vectorised call. The loop adds the
+embedding layers' auxiliary losses, validates after each epoch, stops early on the monitored
+validation metric and restores the best weights before the caller's test evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from recbench.data.prepared import PreparedData
+from recbench.errors import ConfigError, DataError
+from recbench.evaluation import is_improvement
+from recbench.models.base import Recommender
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"train.device={name!r} is unknown; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+@dataclass
+class Batch:
+    """One training step's input. ``items[..., 0]`` is the positive, ``items[..., 1:]`` negatives
+    (ranking/sequential); for rating batches ``items`` are the rated items and ``target`` ratings.
+    ``mask`` marks the positions that count (sequential padding), or None."""
+
+    context: Tensor
+    items: Tensor
+    target: Tensor | None = None
+    mask: Tensor | None = None
+
+    @property
+    def num_samples(self) -> int:
+        """Scored (context, item) pairs in this batch, positives and negatives alike."""
+        n = self.items.numel() if self.mask is None else int(self.mask.sum()) * self.items.shape[-1]
+        return n
+
+
+class NegativeSampler:
+    """Uniform negatives over the items a user has *not* interacted with in training.
+
+    Vectorised rejection sampling: draw uniformly from 1..n, look each (user, item) key up in the
+    sorted array of training keys with ``searchsorted`` and redraw only the hits.
+    """
+
+    def __init__(self, users: Tensor, items: Tensor, num_items: int, device: torch.device) -> None:
+        self.num_items = num_items
+        self.device = device
+        keys = users.to(torch.int64) * (num_items + 1) + items.to(torch.int64)
+        self.keys = torch.unique(keys).to(device)
+        per_user = torch.bincount(users.to(torch.int64))
+        if per_user.numel() and int(per_user.max()) >= num_items:
+            raise DataError(
+                "a user interacted with every item, so no negative can be sampled; "
+                "filter such users (dataset.min_item_count / k-core) or use a larger catalogue"
+            )
+
+    def _seen(self, users: Tensor, items: Tensor) -> Tensor:
+        keys = users * (self.num_items + 1) + items
+        pos = torch.searchsorted(self.keys, keys).clamp_(max=max(len(self.keys) - 1, 0))
+        return self.keys[pos] == keys
+
+    def sample(self, users: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """(len(users), k) negatives for each user (an element of ``users`` may repeat)."""
+        users = users.to(self.device, torch.int64).unsqueeze(-1).expand(*users.shape, k)
+        neg = torch.randint(
+            1, self.num_items + 1, users.shape, device=self.device, generator=generator
+        )
+        for _ in range(1000):
+            bad = self._seen(users, neg)
+            if not bool(bad.any()):
+                return neg
+            neg[bad] = torch.randint(
+                1, self.num_items + 1, (int(bad.sum()),), device=self.device, generator=generator
+            )
+        raise DataError("negative sampling did not converge: users have seen almost every item")
+
+
+class PairSampler:
+    """Ranking task: each training (user, item) event is one example with ``num_negatives``
+    sampled negatives; an epoch visits every event once in a fresh random order."""
+
+    def __init__(self, data: PreparedData, num_negatives: int, batch_size: int, device: torch.device) -> None:
+        if num_negatives < 1:
+            raise ConfigError("train.num_negatives must be >= 1 for ranking losses (NCF uses 4)")
+        self.users = torch.from_numpy(data.train.user).to(device)
+        self.items = torch.from_numpy(data.train.item).to(device)
+        self.k = num_negatives
+        self.batch_size = batch_size
+        self.device = device
+        self.negatives = NegativeSampler(self.users, self.items, data.num_items, device)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.batch_size)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        perm = torch.randperm(len(self.users), device=self.device, generator=generator)
+        users, pos = self.users[perm], self.items[perm]
+        items = torch.cat([pos.unsqueeze(1), self.negatives.sample(users, self.k, generator)], 1)
+        for start in range(0, len(users), self.batch_size):
+            stop = start + self.batch_size
+            yield Batch(context=users[start:stop], items=items[start:stop])
+
+
+class RatingSampler:
+    """Rating task: each training rating is one example."""
+
+    def __init__(self, data: PreparedData, batch_size: int, device: torch.device) -> None:
+        self.users = torch.from_numpy(data.train.user).to(device)
+        self.items = torch.from_numpy(data.train.item).to(device)
+        self.ratings = torch.from_numpy(np.asarray(data.train.rating, dtype=np.float32)).to(device)
+        self.batch_size = batch_size
+        self.device = device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.batch_size)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
+        perm = torch.randperm(len(self.users), device=self.device, generator=generator)
+        users, items, ratings = self.users[perm], self.items[perm], self.ratings[perm]
+        for start in range(0, len(users), self.batch_size):
+            stop = start + self.batch_size
+            yield Batch(context=users[start:stop], items=items[start:stop], target=ratings[start:stop])
+
+
+# --------------------------------------------------------------------------- losses
+def _masked_mean(per_example: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return per_example.mean()
+    mask = mask.to(per_example.dtype)
+    return (per_example * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def bce_loss(model: Recommender, batch: Batch) -> Tensor:
+    """Binary cross-entropy: the positive labelled 1, each sampled negative 0 (NCF, SASRec)."""
+    scores = model.score(batch.context, batch.items)
+    per = F.softplus(-scores[..., 0]) + F.softplus(scores[..., 1:]).sum(-1)
+    return _masked_mean(per, batch.mask)
+
+
+def bpr_loss(model: Recommender, batch: Batch) -> Tensor:
+    """Bayesian personalised ranking: -log sigmoid(s_pos - s_neg), averaged over negatives."""
+    scores = model.score(batch.context, batch.items)
+    per = -F.logsigmoid(scores[..., :1] - scores[..., 1:]).mean(-1)
+    return _masked_mean(per, batch.mask)
+
+
+def mse_loss(model: Recommender, batch: Batch) -> Tensor:
+    """Squared error of predicted ratings."""
+    if batch.target is None:
+        raise ConfigError("train.loss=mse needs ratings; use it with a rating task (task=rating)")
+    return F.mse_loss(model.score(batch.context, batch.items), batch.target)
+
+
+def ce_loss(model: Recommender, batch: Batch) -> Tensor:
+    """Full softmax cross-entropy of the positive against every item (no sampling)."""
+    logits = model.full_logits(batch.context)
+    logits = logits.clone()
+    logits[..., 0] = float("-inf")  # padding is never a candidate
+    target = batch.items[..., 0]
+    per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+    return _masked_mean(per.reshape(target.shape), batch.mask)
+
+
+LOSSES: dict[str, Callable[[Recommender, Batch], Tensor]] = {
+    "bce": bce_loss,
+    "bpr": bpr_loss,
+    "mse": mse_loss,
+    "ce": ce_loss,
+}
+
+#: Which losses make sense for which task (checked before training starts).
+TASK_LOSSES = {"rating": ("mse",), "ranking": ("bce", "bpr", "ce"), "sequential": ("bce", "bpr", "ce")}
+
+
+def check_loss(task: str, loss: str) -> None:
+    if loss not in LOSSES:
+        raise ConfigError(f"train.loss={loss!r} is unknown; choose one of {', '.join(LOSSES)}")
+    if loss not in TASK_LOSSES[task]:
+        raise ConfigError(
+            f"train.loss={loss} does not fit task={task}; use one of {', '.join(TASK_LOSSES[task])}"
+        )
+
+
+# --------------------------------------------------------------------------- loop
+@dataclass
+class FitResult:
+    """What happened during training."""
+
+    epochs_run: int
+    best_epoch: int
+    best_value: float | None
+    stopped_early: bool
+    train_seconds: float
+    samples: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def fit(
+    model: Recommender,
+    sampler: PairSampler | RatingSampler,
+    *,
+    loss: str,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    patience: int = 0,
+    monitor: str | None = None,
+    validate: Callable[[], dict[str, float]] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` for up to ``epochs`` epochs.
+
+    After each epoch ``validate()`` (if given) returns validation metrics; ``monitor`` names the
+    one used for early stopping (``patience`` epochs without improvement; 0 = never stop early) and
+    for choosing the weights restored at the end.
+    """
+    from tqdm.auto import tqdm
+
+    loss_fn = LOSSES[loss]
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    optimizer = make_optimizer(model, lr, weight_decay)
+    best_value: float | None = None
+    best_epoch = 0
+    best_state: dict[str, Tensor] | None = None
+    history: list[dict[str, float]] = []
+    bad_epochs = 0
+    samples = 0
+    train_seconds = 0.0
+    stopped_early = False
+    epoch = 0
+    bar = tqdm(range(1, epochs + 1), desc="train", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        started = time.perf_counter()
+        total = torch.zeros((), device=device)
+        steps = 0
+        for batch in sampler.epoch(generator):
+            step_loss = loss_fn(model, batch) + model.aux_loss().to(device)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss.backward()
+            optimizer.step()
+            total += step_loss.detach()
+            steps += 1
+            samples += batch.num_samples
+        mean_loss = float(total) / max(steps, 1)  # one host sync per epoch
+        train_seconds += time.perf_counter() - started
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(
+                f"training loss became {mean_loss} at epoch {epoch}; lower train.lr"
+            )
+        row = {"epoch": float(epoch), "train/loss": mean_loss}
+        if validate is not None:
+            row.update({f"val/{k}": v for k, v in validate().items()})
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in row.items() if k != "epoch"})
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+
+        if monitor is None or validate is None:
+            best_epoch = epoch
+            continue
+        value = row[f"val/{monitor}"]
+        if is_improvement(value, best_value, monitor):
+            best_value, best_epoch, bad_epochs = value, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+            if patience and bad_epochs >= patience:
+                stopped_early = True
+                break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(
+        epochs_run=epoch,
+        best_epoch=best_epoch,
+        best_value=best_value,
+        stopped_early=stopped_early,
+        train_seconds=train_seconds,
+        samples=samples,
+        history=history,
+    )

@@ -1,0 +1,145 @@
+"""The command line end to end: a tiny real run recorded to a temporary MLflow store, and bad input
+that must fail with one line, a non-zero exit and no run left FINISHED."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recbench.checks import preflight
+from tests.conftest import ROOT
+
+TINY = [
+    "dataset.loader.num_users=120",
+    "dataset.loader.num_items=60",
+    "train.epochs=2",
+    "train.progress=false",
+]
+
+
+def run_cli(args: list[str], tmp_path: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [
+        sys.executable, "-m", "recbench.run",
+        f"tracking.uri={store}", f"tracking.artifact_root={tmp_path / 'artifacts'}",
+        f"hydra.run.dir={tmp_path / 'run'}", *args,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_runs(tmp_path: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exps = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in exps]) if exps else []
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("recbench: error:")]
+
+
+def test_default_run_records_everything(tmp_path: Path) -> None:
+    proc = run_cli(TINY, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "hr_at_10=" in proc.stdout and "serving bits" in proc.stdout
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "FINISHED"
+    assert (tmp_path / "run" / "config.yaml").exists()
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for key in ("test/hr_at_10", "test/ndcg_at_10", "test/mrr", "size/serving_bits",
+                "size/fraction_of_full", "train/loss", "val/ndcg_at_10", "time/train_seconds",
+                "popularity/hr_at_10"):
+        assert key in m, key
+    assert m["size/fraction_of_full"] == pytest.approx(1.0)
+    assert m["test/hr_at_10"] == pytest.approx(record["metrics"]["test/hr_at_10"])
+    tags = run.data.tags
+    assert tags["dataset"] == "synthetic" and tags["model"] == "gmf" and tags["method"] == "full"
+    assert tags["seed"] == "0" and len(tags["config_hash"]) == 16
+    assert run.data.params["train.epochs"] == "2"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [h.step for h in history] == [1, 2]
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "config.yaml"} <= names
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["method=nope"], "unknown method option 'nope'; choose one of:"),
+        (["model=nope"], "unknown model option 'nope'"),
+        (["train.epoch=3"], "unknown key 'train.epoch'"),
+        (["train.epochs=many"], "train.epochs=many is not a valid integer"),
+        (["method.init_sd=0.1"], "unknown key method.init_sd"),
+        (["train.loss=mse"], "train.loss=mse does not fit task=ranking"),
+        (["train.lr=0"], "train.lr=0"),
+        (["-m", "method=full,nope"], "unknown method option 'nope'"),
+    ],
+)
+def test_preflight_messages(args: list[str], expected: str) -> None:
+    problem = preflight(args)
+    assert problem is not None and expected in problem
+    assert "\n" not in problem
+
+
+def test_preflight_accepts_good_command_lines() -> None:
+    assert preflight(["model=dot_bias", "seed=3", "--cfg", "job"]) is None
+    assert preflight(["-m", "seed=0,1", "method=full"]) is None
+
+
+def test_bad_option_exits_nonzero_with_one_line(tmp_path: Path) -> None:
+    proc = run_cli(["method=nope"], tmp_path)
+    assert proc.returncode == 2
+    assert len(error_lines(proc)) == 1 and "Traceback" not in proc.stderr
+    assert mlflow_runs(tmp_path) == []
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "put"),
+        ("1\t1\t5\t10\n1\t2\tx\t11\n", "line 2"),
+        ("1\t1\t5\t10\n1\t2\t7\t11\n", "line 2"),
+    ],
+    ids=["missing-file", "malformed-line", "rating-out-of-range"],
+)
+def test_data_errors_fail_cleanly_and_record_failed(tmp_path: Path, content: str | None, expected: str) -> None:
+    root = tmp_path / "data"
+    if content is not None:
+        write(root / "ml-100k" / "u.data", content)
+    else:
+        root.mkdir()
+    proc = run_cli(["dataset=ml-100k", f"dataset.root={root}", "train.progress=false"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = error_lines(proc)
+    assert expected in line and "Traceback" not in proc.stderr
+    assert all(r.info.status != "FINISHED" for r in mlflow_runs(tmp_path))
+    assert [r.info.status for r in mlflow_runs(tmp_path)] == ["FAILED"]
+    assert "error" in mlflow_runs(tmp_path)[0].data.tags
+
+
+def test_too_few_interactions_reported_or_failed(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    lines = [f"{u}\t{i}\t4\t{t}" for t, (u, i) in enumerate([(1, 1), (1, 2), (2, 1), (2, 3)])]
+    write(root / "ml-100k" / "u.data", "\n".join(lines) + "\n")
+    proc = run_cli(["dataset=ml-100k", f"dataset.root={root}", "train.progress=false"], tmp_path)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert "no user has the 3 interactions" in line
