@@ -90,14 +90,25 @@ def explain(exc: BaseException) -> str:
             f"unknown key '{full}'; check the spelling (see `python -m recbench.run --cfg job` for "
             f"the keys{' of ' + parent if parent else ''}), or add it with +{full}=... if it is new"
         )
-    could_not_override = re.search(r"Could not override '([^']+)'", text)
-    value = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
+    where_text = text + " " + " ".join(str(exc.__cause__ or "").split())
+    could_not_override = re.search(
+        r"(?:Could not override '([^']+)'|Error merging override ([\w.]+)=|full_key: ([\w.]+))",
+        where_text,
+    )
+    value = re.search(
+        r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", where_text
+    )
     if value:
-        where = could_not_override.group(1) if could_not_override else "a key"
+        where = next((g for g in could_not_override.groups() if g), "a key") if could_not_override else "a key"
         return f"{where}={value.group(1)} is not a valid {value.group(2).lower()}; give a {value.group(2).lower()} value"
-    if "Could not append to config" in text or "Key '" in text and "is not in struct" in text:
+    appended = re.search(r"Could not override '([^']+)'\. To append", text)
+    if appended or "Could not append to config" in text or "is not in struct" in text:
         k = re.search(r"Key '([^']+)'", text)
-        return f"unknown key '{k.group(1) if k else '?'}'; check the spelling or use +key=value to add a new key"
+        name = appended.group(1) if appended else (k.group(1) if k else "?")
+        return (
+            f"unknown key '{name}'; check the spelling (see `python -m recbench.run --cfg job`), "
+            f"or use +{name}=... to add a new key"
+        )
     cause = exc.__cause__ or exc.__context__
     if cause is not None and cause is not exc and str(cause):
         return explain(cause)
@@ -149,7 +160,7 @@ def check_target_keys(node: DictConfig, where: str) -> None:
     if unknown:
         valid = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
         raise ConfigError(
-            f"unknown key {where}.{unknown[0]} for {target.rsplit('.', 1)[-1]}; valid keys: "
+            f"unknown key '{where}.{unknown[0]}' for {target.rsplit('.', 1)[-1]}; valid keys: "
             f"{', '.join(valid)}"
         )
 

@@ -20,6 +20,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -44,9 +45,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, but a RecbenchError raised inside the target surfaces as itself
+    (Hydra wraps it in an InstantiationException whose message is several lines long)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, RecbenchError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def load_data(cfg: DictConfig) -> PreparedData:
     """Load the dataset named by the config and prepare it for the run's task and seed."""
-    inter = instantiate(cfg.dataset.loader)
+    inter = build(cfg.dataset.loader)
     ds = cfg.dataset
     return prepare(
         inter,
@@ -61,11 +76,11 @@ def load_data(cfg: DictConfig) -> PreparedData:
 
 def build_model(cfg: DictConfig, data: PreparedData) -> Recommender:
     """The backbone with its embedding layers built by the method factories."""
-    item_factory = instantiate(cfg.method, **_no_budget(cfg.method))
+    item_factory = build(cfg.method, **_no_budget(cfg.method))
     user_factory = None
     if cfg.get("user_method") is not None:
-        user_factory = instantiate(cfg.user_method, **_no_budget(cfg.user_method))
-    model_factory = instantiate(cfg.model)
+        user_factory = build(cfg.user_method, **_no_budget(cfg.user_method))
+    model_factory = build(cfg.model)
     return model_factory(
         DataInfo.from_prepared(data), item_embedding=item_factory, user_embedding=user_factory
     )

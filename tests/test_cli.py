@@ -81,7 +81,7 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
         (["model=nope"], "unknown model option 'nope'"),
         (["train.epoch=3"], "unknown key 'train.epoch'"),
         (["train.epochs=many"], "train.epochs=many is not a valid integer"),
-        (["method.init_sd=0.1"], "unknown key method.init_sd"),
+        (["method.init_sd=0.1"], "unknown key 'method.init_sd'"),
         (["train.loss=mse"], "train.loss=mse does not fit task=ranking"),
         (["train.lr=0"], "train.lr=0"),
         (["-m", "method=full,nope"], "unknown method option 'nope'"),

@@ -37,7 +37,7 @@ def leave_last_two_out(inter: Interactions, min_events: int = 3) -> SplitIndex:
         raise DataError(f"dataset {inter.name!r} has no interactions; check the data file")
     order = inter.time_order()
     users = inter.user[order]
-    boundaries = np.flatnonzero(np.diff(users)) + 1
+    boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(users)]])
     lengths = ends - starts
