@@ -2,30 +2,42 @@
 
 A task is "rating" (random split, MSE, RMSE/MAE), "ranking" (leave-last-two-out, sampled
 negatives, full ranking with training items excluded) or "sequential" (the same protocol, with the
-user's item sequence as the model's context).
+user's item sequence as the model's context, ``recbench.sequential``). Ranking and sequential tasks
+are evaluated by full ranking (``eval.protocol=full``) or against saved sampled negatives
+(``eval.protocol=sampled``, ``recbench.sampled``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from omegaconf import DictConfig
 
 from recbench.data.prepared import PreparedData
+from recbench.errors import ConfigError
 from recbench.evaluation import RankingEvaluator, RatingEvaluator
+from recbench.sampled import DEFAULT_DIRECTORY, SampledEvaluator
+from recbench.sequential import SequenceContext, SequenceSampler
 from recbench.training import PairSampler, RatingSampler
+
+#: eval.protocol values for ranking and sequential tasks.
+PROTOCOLS = ("full", "sampled")
 
 
 @dataclass
 class TaskParts:
-    """The sampler and the evaluator of one run, and the metric monitored on validation."""
+    """The sampler and the evaluator of one run, and the metric monitored on validation.
+
+    ``tags`` describe how the run was evaluated (``eval_protocol``: ``full``, or ``sampled`` with the
+    number of sampled items, e.g. ``sampled-100``); record them with the run's other tags."""
 
     sampler: object
-    evaluator: RankingEvaluator | RatingEvaluator
+    evaluator: RankingEvaluator | RatingEvaluator | SampledEvaluator
     monitor: str
     has_validation: bool
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def _rating(data: PreparedData, cfg: DictConfig, device: torch.device) -> TaskParts:
@@ -38,18 +50,76 @@ def _rating(data: PreparedData, cfg: DictConfig, device: torch.device) -> TaskPa
     )
 
 
+def ranking_evaluator(
+    data: PreparedData,
+    cfg: DictConfig,
+    device: torch.device,
+    context_of: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+) -> tuple[RankingEvaluator | SampledEvaluator, dict[str, str]]:
+    """The evaluator chosen by ``eval.protocol`` (full ranking, or the saved sampled negatives of
+    this dataset and seed) and the tags that name it."""
+    protocol = cfg.eval.get("protocol", "full")
+    if protocol == "full":
+        evaluator = RankingEvaluator(
+            data, k=cfg.eval.k, batch_size=cfg.eval.batch_size, device=device, context_of=context_of
+        )
+        return evaluator, {"eval_protocol": "full"}
+    if protocol == "sampled":
+        evaluator = SampledEvaluator(
+            data,
+            seed=cfg.seed,
+            num_sampled=cfg.eval.num_sampled,
+            k=cfg.eval.k,
+            batch_size=cfg.eval.batch_size,
+            device=device,
+            directory=cfg.eval.get("negatives_dir", None) or DEFAULT_DIRECTORY,
+            context_of=context_of,
+        )
+        return evaluator, {"eval_protocol": f"sampled-{cfg.eval.num_sampled}"}
+    raise ConfigError(f"eval.protocol={protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+
+
 def _ranking(data: PreparedData, cfg: DictConfig, device: torch.device) -> TaskParts:
+    evaluator, tags = ranking_evaluator(data, cfg, device)
     return TaskParts(
         sampler=PairSampler(data, cfg.train.num_negatives, cfg.train.batch_size, device),
-        evaluator=RankingEvaluator(data, k=cfg.eval.k, batch_size=cfg.eval.batch_size, device=device),
+        evaluator=evaluator,
         monitor=cfg.train.monitor or f"ndcg_at_{cfg.eval.k}",
         has_validation=True,
+        tags=tags,
+    )
+
+
+def _sequential(data: PreparedData, cfg: DictConfig, device: torch.device) -> TaskParts:
+    max_len = int(cfg.model.get("max_len", 50))
+    num_negatives = 0 if cfg.train.loss == "ce" else cfg.train.num_negatives
+    if cfg.train.loss != "ce" and num_negatives < 1:
+        raise ConfigError(
+            f"train.num_negatives={num_negatives} must be >= 1 for train.loss={cfg.train.loss} "
+            "(SASRec uses 1), or use train.loss=ce"
+        )
+    evaluator, tags = ranking_evaluator(
+        data, cfg, device, context_of=SequenceContext(data, max_len, device)
+    )
+    return TaskParts(
+        sampler=SequenceSampler(
+            data,
+            max_len=max_len,
+            num_negatives=num_negatives,
+            batch_size=cfg.train.batch_size,
+            device=device,
+        ),
+        evaluator=evaluator,
+        monitor=cfg.train.monitor or f"ndcg_at_{cfg.eval.k}",
+        has_validation=True,
+        tags=tags,
     )
 
 
 TASK_BUILDERS: dict[str, Callable[[PreparedData, DictConfig, torch.device], TaskParts]] = {
     "rating": _rating,
     "ranking": _ranking,
+    "sequential": _sequential,
 }
 
 
