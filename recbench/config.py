@@ -44,6 +44,8 @@ class TrainConfig:
     monitor: Optional[str] = None
     device: str = "auto"
     progress: bool = True
+    sparse: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -55,6 +57,8 @@ class EvalConfig:
     popularity_baseline: bool = True
     protocol: str = "full"
     num_sampled: int = 100
+    negatives_dir: Optional[str] = None
+    serving_artifact: bool = True
 
 
 @dataclass
@@ -80,6 +84,8 @@ class RecbenchConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     task: str = MISSING
     seed: int = 0
+    preset: Optional[str] = None
+    force: bool = False
 
 
 def register_configs() -> None:

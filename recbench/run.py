@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import recbench.config  # noqa: F401 - registers the schema with Hydra
 from recbench.checks import check_run_config, method_knobs, preflight
 from recbench.data.prepared import PreparedData, prepare
-from recbench.embeddings.base import embedding_layers
+from recbench.embeddings.base import BudgetedFactory, EmbeddingFactory, embedding_layers
 from recbench.errors import RecbenchError
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size
@@ -74,20 +74,25 @@ def load_data(cfg: DictConfig) -> PreparedData:
     )
 
 
+def method_factory(node: DictConfig) -> EmbeddingFactory:
+    """The embedding factory a method node describes; with ``budget`` set, its size knob is solved
+    per layer (``CompressedEmbedding.solve_budget``) instead of read from the YAML."""
+    knobs = OmegaConf.to_container(node, resolve=True)
+    budget = knobs.pop("budget", None)
+    factory = build(knobs)
+    return factory if budget is None else BudgetedFactory(factory, float(budget))
+
+
 def build_model(cfg: DictConfig, data: PreparedData) -> Recommender:
     """The backbone with its embedding layers built by the method factories."""
-    item_factory = build(cfg.method, **_no_budget(cfg.method))
+    item_factory = method_factory(cfg.method)
     user_factory = None
     if cfg.get("user_method") is not None:
-        user_factory = build(cfg.user_method, **_no_budget(cfg.user_method))
+        user_factory = method_factory(cfg.user_method)
     model_factory = build(cfg.model)
     return model_factory(
         DataInfo.from_prepared(data), item_embedding=item_factory, user_embedding=user_factory
     )
-
-
-def _no_budget(node: DictConfig) -> dict[str, Any]:
-    return {"budget": None} if "budget" in node else {}
 
 
 def run_identity(cfg: DictConfig) -> dict[str, str]:
@@ -103,6 +108,8 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
         "task": str(cfg.task),
         "seed": str(cfg.seed),
         "loss": str(cfg.train.loss),
+        "preset": str(cfg.get("preset") or ""),
+        "budget": "" if cfg.method.get("budget") is None else str(cfg.method.budget),
         "config_hash": config_hash(resolved),
     }
 
@@ -120,6 +127,17 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         cfg.tracking.artifact_root,
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if not cfg.get("force", False):
+        done = tracker.find_finished(identity["config_hash"])
+        if done is not None:
+            log.info(
+                "skipping: run %s (%s) already FINISHED with this configuration (config_hash %s); "
+                "pass force=true to run it again", done["run_id"], done["run_dir"],
+                identity["config_hash"],
+            )
+            _write_json(run_dir / "metrics.json", {"status": "SKIPPED", "same_as": done, **identity})
+            print(f"recbench: skipped, identical run {done['run_id']} already FINISHED (force=true reruns it)")
+            return {"status": "SKIPPED", **done["metrics"]}
     run_name = f"{identity['model']}-{identity['method']}-s{cfg.seed}"
     tracker.start(run_name, {**identity, "run_dir": str(run_dir)}, flatten(resolved))
     try:
@@ -148,6 +166,13 @@ def _train_and_evaluate(
     model = build_model(cfg, data).to(device)
     size = model_size(model)
     parts = build_task(data, cfg, device)
+    layer_knobs = {
+        name: {"class": type(layer).__name__, **layer.knobs()}
+        for name, layer in embedding_layers(model).items()
+    }
+    tracker.set_tags(
+        {**parts.tags, **{f"knobs.{n}": json.dumps(k, default=str) for n, k in layer_knobs.items()}}
+    )
     log.info(
         "model %s with %s embeddings: %d serving bits (%.1f%% of full)",
         type(model).__name__, cfg.method._target_.rsplit(".", 1)[-1], size.serving_bits,
@@ -184,6 +209,9 @@ def _train_and_evaluate(
         popular = parts.evaluator.popularity(data.item_counts, "test")
         metrics.update({f"popularity/{k}": v for k, v in popular.items()})
     metrics.update(size.as_metrics())
+    torch.save(model.state_dict(), run_dir / "model.pt")
+    if cfg.eval.serving_artifact:
+        metrics.update(_export_serving(cfg, model, parts, run_dir, tracker))
     metrics.update(
         {
             "fit/best_epoch": result.best_epoch,
@@ -202,10 +230,8 @@ def _train_and_evaluate(
         **run_identity(cfg),
         "data": data.summary(),
         "notes": data.notes,
-        "knobs": {
-            name: {"class": type(layer).__name__, **layer.knobs()}
-            for name, layer in embedding_layers(model).items()
-        },
+        "knobs": layer_knobs,
+        "tags": parts.tags,
         "metrics": metrics,
         "history": result.history,
     }
@@ -215,6 +241,28 @@ def _train_and_evaluate(
     tracker.log_artifact(run_dir / "config.yaml")
     _print_summary(cfg, data, metrics)
     return metrics
+
+
+def _export_serving(
+    cfg: DictConfig, model: Recommender, parts: Any, run_dir: Path, tracker: Any
+) -> dict[str, float]:
+    """Write the serving artifact, check that it alone reproduces the scores, log it."""
+    from recbench import serving
+
+    folder = run_dir / serving.FOLDER
+    started = time.perf_counter()
+    report = serving.export(
+        model,
+        folder,
+        model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        contexts=serving.sample_contexts(parts.evaluator, model),
+    )
+    out = report.as_metrics()
+    if (folder / serving.REFERENCE).is_file():
+        out["serving/max_abs_score_diff"] = serving.verify(folder)
+    out["time/serving_export_seconds"] = time.perf_counter() - started
+    tracker.log_artifact(folder, "serving")
+    return out
 
 
 def _print_summary(cfg: DictConfig, data: PreparedData, metrics: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: Keys that do not change what a run computes, left out of the config hash.
-_HASH_EXCLUDED = ("tracking", "train.progress", "eval.batch_size", "force")
+_HASH_EXCLUDED = ("tracking", "train.progress", "eval.batch_size", "eval.serving_artifact", "force")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -66,6 +66,9 @@ class NullTracker:
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         pass
+
+    def find_finished(self, config_hash: str) -> dict[str, Any] | None:
+        return None
 
 
 class MlflowTracker:
@@ -125,7 +128,10 @@ class MlflowTracker:
             _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
 
     def log_artifact(self, path: str | os.PathLike[str], subdir: str | None = None) -> None:
-        _retry(lambda: self.client.log_artifact(self.run_id, str(path), subdir))
+        if Path(path).is_dir():
+            _retry(lambda: self.client.log_artifacts(self.run_id, str(path), subdir))
+        else:
+            _retry(lambda: self.client.log_artifact(self.run_id, str(path), subdir))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -139,6 +145,30 @@ class MlflowTracker:
         if error:
             self.set_tags({"error": error})
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+    def find_finished(self, config_hash: str) -> dict[str, Any] | None:
+        """The latest FINISHED run of this experiment with the same config hash, as
+        ``{"run_id", "run_dir", "metrics"}``; None when there is none (or the experiment is new)."""
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return None
+        runs = _retry(
+            lambda: self.client.search_runs(
+                [found.experiment_id],
+                filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+                max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )
+        )
+        if not runs:
+            return None
+        run = runs[0]
+        return {
+            "run_id": run.info.run_id,
+            "run_dir": run.data.tags.get("run_dir", ""),
+            "metrics": dict(run.data.metrics),
+        }
 
 
 def make_tracker(enabled: bool, uri: str, experiment: str, artifact_root: str) -> NullTracker | MlflowTracker:

@@ -22,11 +22,13 @@ TINY = [
 ]
 
 
-def run_cli(args: list[str], tmp_path: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], tmp_path: Path, timeout: int = 240, flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
-        sys.executable, "-m", "recbench.run",
+        sys.executable, "-m", "recbench.run", *flags,
         f"tracking.uri={store}", f"tracking.artifact_root={tmp_path / 'artifacts'}",
         f"hydra.run.dir={tmp_path / 'run'}", *args,
     ]
@@ -143,3 +145,36 @@ def test_too_few_interactions_reported_or_failed(tmp_path: Path) -> None:
     assert proc.returncode == 2
     (line,) = error_lines(proc)
     assert "no user has the 3 interactions" in line
+
+
+def run_sweep(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return run_cli([f"hydra.sweep.dir={tmp_path / 'sweep'}", *args], tmp_path, flags=("-m",))
+
+
+def test_sweep_isolates_failures_and_resumes(tmp_path: Path) -> None:
+    grid = [*TINY[2:], "dataset.loader.num_users=60", "dataset.loader.num_items=3,40"]
+    proc = run_sweep(grid, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dataset.loader.num_items=3" in proc.stderr  # the failure is named, the sweep went on
+    assert "recbench sweep: 1 FAILED, 1 FINISHED" in proc.stdout
+    statuses = sorted(r.info.status for r in mlflow_runs(tmp_path))
+    assert statuses == ["FAILED", "FINISHED"]
+    failed = next(r for r in mlflow_runs(tmp_path) if r.info.status == "FAILED")
+    assert "num_items=3" in failed.data.tags["error"]
+
+    again = run_sweep(grid, tmp_path)  # the finished run is skipped, the failed one retried
+    assert again.returncode == 0
+    assert "skipped, identical run" in again.stdout
+    assert "recbench sweep: 1 FAILED, 1 SKIPPED" in again.stdout
+    assert sorted(r.info.status for r in mlflow_runs(tmp_path)) == ["FAILED", "FAILED", "FINISHED"]
+
+    forced = run_sweep([*grid[:-1], "dataset.loader.num_items=40", "force=true"], tmp_path)
+    assert forced.returncode == 0
+    assert sorted(r.info.status for r in mlflow_runs(tmp_path)).count("FINISHED") == 2
+
+
+def test_impossible_budget_names_the_smallest(tmp_path: Path) -> None:
+    proc = run_cli([*TINY, "+method.budget=0.5"], tmp_path)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert "method.budget=0.5 is impossible" in line

@@ -14,7 +14,7 @@ Generative process (all draws from one ``numpy`` generator seeded with ``seed``)
    popular items are popular with everyone, and the rest is a low-rank signal that matrix
    factorisation can recover.
 3. **Transitions.** Each item ``i`` gets ``num_successors`` distinct successors (not ``i``), drawn
-   without replacement with probability ∝ popularity, with fixed weights halving by rank
+   without replacement with probability ∝ popularity × exp(affinity_scale · V_i·V_j / latent_dim), with fixed weights halving by rank
    (4/7, 2/7, 1/7 for three). This sparse item -> item structure is invisible to a model that only
    sees *which* items a user consumed, and learnable by one that sees their *order*.
 4. **Sequences.** User ``u`` has ``n_u = 5 + Poisson(Gamma(2, (events_per_user - 5) / 2))``
@@ -56,9 +56,9 @@ def generate(
     events_per_user: float = 30,
     latent_dim: int = 8,
     popularity_exponent: float = 1.0,
-    sequential_strength: float = 0.5,
+    sequential_strength: float = 0.2,
     noise: float = 0.5,
-    affinity_scale: float = 2.0,
+    affinity_scale: float = 4.0,
     num_successors: int = 3,
     seed: int = 0,
     name: str = "synthetic",
@@ -70,7 +70,7 @@ def generate(
     log_pop = _popularity(rng, num_items, popularity_exponent)
     user_f = rng.standard_normal((num_users, latent_dim))
     item_f = rng.standard_normal((num_items, latent_dim))
-    successors, weights = _transitions(rng, log_pop, num_successors)
+    successors, weights = _transitions(rng, log_pop, item_f, affinity_scale, num_successors)
     lengths = _lengths(rng, num_users, num_items, events_per_user)
     seq = _sequences(
         rng, user_f, item_f, log_pop, successors, weights, lengths,
@@ -131,9 +131,13 @@ def _popularity(rng: np.random.Generator, num_items: int, exponent: float) -> np
 
 
 def _transitions(
-    rng: np.random.Generator, log_pop: np.ndarray, k: int, chunk: int = 1024
+    rng: np.random.Generator, log_pop: np.ndarray, item_f: np.ndarray, affinity_scale: float,
+    k: int, chunk: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` distinct popularity-weighted successors per item (never itself) and their weights.
+    """``k`` distinct successors per item (never itself) and their weights, drawn with log-weight
+    ``log_pop(j) + affinity_scale * V_i . V_j / latent_dim``: popular and *similar* items follow an
+    item, so sequences stay on a user's taste (matrix factorisation still sees the taste) while the
+    exact next item carries extra, order-only signal.
 
     Gumbel top-k (the k largest of log-weight + Gumbel noise) samples without replacement; rows are
     done in chunks so that large catalogues do not need an items x items matrix at once.
@@ -142,7 +146,8 @@ def _transitions(
     successors = np.empty((n, k), dtype=np.int64)
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
-        keys = log_pop[None, :] + rng.gumbel(size=(hi - lo, n))
+        similar = affinity_scale * (item_f[lo:hi] @ item_f.T) / item_f.shape[1]
+        keys = log_pop[None, :] + similar + rng.gumbel(size=(hi - lo, n))
         keys[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
         top = np.argpartition(-keys, k - 1, axis=1)[:, :k]
         rank = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable")

@@ -133,6 +133,30 @@ class CompressedEmbedding(nn.Module):
         everything; methods with impossible settings override it.
         """
 
+    # ------------------------------------------------------------ equal memory
+    @classmethod
+    def solve_budget(
+        cls,
+        budget: float,
+        num_ids: int,
+        embedding_dim: int,
+        counts: Tensor | None = None,
+        **knobs: Any,
+    ) -> dict[str, Any]:
+        """Knobs that make one ``num_ids x embedding_dim`` layer fit ``budget`` (a fraction of its
+        full float32 size ``32 * num_ids * embedding_dim``) as closely as possible from below.
+
+        ``knobs`` are the YAML's other knobs (the solver keeps those it does not choose). Returns the
+        updated knobs; raises ``ConfigError`` naming the smallest achievable budget when none fits.
+        Methods without a size knob (full) accept only ``budget >= 1``.
+        """
+        if budget >= 1.0:
+            return dict(knobs)
+        raise ConfigError(
+            f"method.budget={budget} is impossible for {cls.__name__}: its size is fixed at 1.0 of "
+            "the full table; use a budget >= 1 or a compressing method"
+        )
+
     # ------------------------------------------------------------------ helpers
     def _add_aux(self, term: Tensor) -> None:
         if self.training:
@@ -158,3 +182,27 @@ def embedding_layers(module: nn.Module) -> Mapping[str, CompressedEmbedding]:
         ):
             found[name] = child
     return found
+
+
+class BudgetedFactory:
+    """Wraps a method's factory so that each layer's size knob is solved for ``budget`` (a fraction
+    of that layer's full float32 size) once the layer's shape and counts are known.
+
+    Why per layer: the user and item tables of a backbone differ in size, and an equal-memory
+    comparison must hold for each table, not just on average. The solved knobs are what the layer's
+    ``knobs()`` then reports, so every run records what the solver chose.
+    """
+
+    def __init__(self, factory: Callable[..., CompressedEmbedding], budget: float) -> None:
+        if not budget > 0:
+            raise ConfigError(f"method.budget={budget} must be > 0 (a fraction of the full size)")
+        self.factory = factory
+        self.budget = float(budget)
+
+    def __call__(
+        self, num_embeddings: int, embedding_dim: int, *, counts: Tensor | None = None
+    ) -> CompressedEmbedding:
+        cls = getattr(self.factory, "func", self.factory)
+        knobs = dict(getattr(self.factory, "keywords", {}) or {})
+        solved = cls.solve_budget(self.budget, num_embeddings - 1, embedding_dim, counts, **knobs)
+        return cls(num_embeddings, embedding_dim, counts=counts, **solved)

@@ -1,0 +1,303 @@
+"""The serving artifact: a trained model in the form an inference server would store it.
+
+Why: ``serving_bits()`` is a formula; a user comparing methods must be able to check that the
+formula is what a server really stores, and that the stored form alone reproduces the model's scores.
+
+Layout of ``<run_dir>/serving/``:
+
+* ``model.safetensors`` — every embedding layer's ``serving_tensors()`` under ``<layer>/<name>``
+  (float tensors float32, integer codes bit-packed by ``recbench.embeddings.packing``) and every
+  other parameter of the backbone as float32 under ``other/<name>``. Nothing recomputable is stored
+  (hash mappings are recomputed from the family and seed in the manifest).
+* ``manifest.json`` — format version, the backbone's config (``_target_`` and knobs), the data
+  facts it was built with, per layer its class, ``serving_meta()``, ``serving_bits()`` and stored
+  bytes, and the formula size next to the measured payload.
+* ``reference.safetensors`` — contexts of a sample of test users and the trained model's scores of
+  every item for them (not part of the serving size): ``verify`` compares against it.
+
+Loading (``load_model``) rebuilds the backbone with plain ``FullEmbedding`` layers whose tables are
+decoded from the artifact by each method's ``table_from_serving``, then loads the other parameters.
+Safetensors' fixed overhead is an 8-byte length plus a JSON header; ``payload_bytes`` excludes both.
+
+Command line::
+
+    python -m recbench.serving export RUN_DIR   # (re)write RUN_DIR/serving from RUN_DIR/model.pt
+    python -m recbench.serving verify RUN_DIR   # load the artifact alone, compare scores
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import struct
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class, instantiate
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from recbench.embeddings.base import CompressedEmbedding, embedding_layers
+from recbench.embeddings.full import FullEmbedding
+from recbench.errors import DataError, RecbenchError
+from recbench.models.base import DataInfo, Recommender
+from recbench.size import model_size
+
+FORMAT = "recbench-serving/1"
+FOLDER = "serving"
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+REFERENCE = "reference.safetensors"
+SAMPLE_USERS = 64
+TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ServingReport:
+    """What an export wrote and how it compares with the formula."""
+
+    formula_bits: int  # model_size(model).serving_bits
+    payload_bytes: int  # bytes of tensor data in model.safetensors
+    file_bytes: int  # size of model.safetensors on disk (payload + 8 + header)
+    header_bytes: int  # safetensors' JSON header (the container's overhead, with the 8-byte length)
+    packed_tensors: int  # tensors whose size is rounded up to whole bytes
+
+    @property
+    def formula_bytes(self) -> float:
+        return self.formula_bits / 8
+
+    def as_metrics(self) -> dict[str, float]:
+        return {f"serving/{k}": float(v) for k, v in asdict(self).items()} | {
+            "serving/formula_bytes": self.formula_bytes
+        }
+
+
+def _other_parameters(model: Recommender) -> dict[str, Tensor]:
+    """Parameters outside every embedding layer, by state-dict name (what ``size`` counts at 32 bits)."""
+    inside = {id(p) for layer in embedding_layers(model).values() for p in layer.parameters()}
+    return {
+        name: p.detach().float().cpu().contiguous()
+        for name, p in model.named_parameters()
+        if id(p) not in inside
+    }
+
+
+def _header_bytes(path: Path) -> int:
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+    return 8 + int(length)
+
+
+@torch.no_grad()
+def export(
+    model: Recommender,
+    directory: str | Path,
+    *,
+    model_config: Mapping[str, Any],
+    contexts: Tensor | None = None,
+) -> ServingReport:
+    """Write ``model`` (in eval mode) in its serving form to ``directory``; see the module docstring.
+
+    ``model_config`` is the resolved ``model`` node of the run (a Hydra partial); ``contexts`` are
+    the model inputs of a sample of users whose scores are saved for ``verify``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    tensors: dict[str, Tensor] = {}
+    layers: dict[str, Any] = {}
+    packed = 0
+    for name, layer in embedding_layers(model).items():
+        stored = layer.serving_tensors()
+        for key, value in stored.items():
+            tensors[f"{name}/{key}"] = value.detach().cpu().contiguous()
+            packed += int(value.dtype == torch.uint8)
+        layers[name] = {
+            "class": f"{type(layer).__module__}.{type(layer).__qualname__}",
+            "meta": layer.serving_meta(),
+            "serving_bits": int(layer.serving_bits()),
+            "stored_bytes": sum(v.numel() * v.element_size() for v in stored.values()),
+            "tensors": sorted(stored),
+        }
+    for name, value in _other_parameters(model).items():
+        tensors[f"other/{name}"] = value
+    weights = directory / WEIGHTS
+    save_file(tensors, str(weights), metadata={"format": FORMAT})
+    size = model_size(model)
+    payload = sum(v.numel() * v.element_size() for v in tensors.values())
+    report = ServingReport(
+        formula_bits=size.serving_bits,
+        payload_bytes=payload,
+        file_bytes=weights.stat().st_size,
+        header_bytes=_header_bytes(weights),
+        packed_tensors=packed,
+    )
+    info = model.info
+    manifest = {
+        "format": FORMAT,
+        "model": dict(model_config),
+        "data": {
+            "num_users": info.num_users,
+            "num_items": info.num_items,
+            "global_mean": info.global_mean,
+            "rating_range": list(info.rating_range) if info.rating_range else None,
+        },
+        "layers": layers,
+        "other": sorted(k.removeprefix("other/") for k in tensors if k.startswith("other/")),
+        "size": asdict(report) | {"formula_bytes": report.formula_bytes},
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    if contexts is not None:
+        contexts = contexts.to(_device(model))
+        scores = model.score_all(contexts).float().cpu().contiguous()
+        save_file({"contexts": contexts.cpu().contiguous(), "scores": scores}, str(directory / REFERENCE))
+    model.train(was_training)
+    return report
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise DataError(
+            f"no serving manifest at {path}; export the run first with "
+            f"`python -m recbench.serving export {Path(directory).parent}`"
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Recommender:
+    """Rebuild the served model from the artifact alone (no checkpoint, no training data)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    tensors = load_file(str(directory / WEIGHTS))
+    data = manifest["data"]
+    info = DataInfo(
+        num_users=data["num_users"],
+        num_items=data["num_items"],
+        user_counts=torch.zeros(data["num_users"] + 1, dtype=torch.long),
+        item_counts=torch.zeros(data["num_items"] + 1, dtype=torch.long),
+        global_mean=data["global_mean"],
+        rating_range=tuple(data["rating_range"]) if data["rating_range"] else None,
+    )
+    plain = functools.partial(FullEmbedding)
+    factory = instantiate(manifest["model"])
+    model: Recommender = factory(info, item_embedding=plain, user_embedding=plain)
+    rebuilt = embedding_layers(model)
+    if set(rebuilt) != set(manifest["layers"]):
+        raise DataError(
+            f"the artifact's layers {sorted(manifest['layers'])} do not match the backbone's "
+            f"{sorted(rebuilt)}; was it written by another recbench version?"
+        )
+    with torch.no_grad():
+        for name, spec in manifest["layers"].items():
+            cls: type[CompressedEmbedding] = get_class(spec["class"])
+            stored = {key: tensors[f"{name}/{key}"] for key in spec["tensors"]}
+            table = cls.table_from_serving(stored, spec["meta"])
+            target: FullEmbedding = rebuilt[name]  # type: ignore[assignment]
+            if tuple(table.shape) != tuple(target.weight_table.weight.shape):
+                raise DataError(
+                    f"layer {name}: decoded table {tuple(table.shape)} does not fit "
+                    f"{tuple(target.weight_table.weight.shape)}"
+                )
+            target.weight_table.weight.copy_(table)
+        params = dict(model.named_parameters())
+        for name in manifest["other"]:
+            params[name].copy_(tensors[f"other/{name}"])
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def verify(directory: str | Path, device: str | torch.device = "cpu") -> float:
+    """Largest absolute difference between the artifact's scores and the trained model's saved
+    reference scores; raises DataError when it exceeds ``TOLERANCE``."""
+    directory = Path(directory)
+    reference = directory / REFERENCE
+    if not reference.is_file():
+        raise DataError(f"no reference scores at {reference}; re-export the run")
+    ref = load_file(str(reference))
+    model = load_model(directory, device)
+    scores = model.score_all(ref["contexts"].to(device)).float().cpu()
+    diff = float((scores - ref["scores"]).abs().max()) if scores.numel() else 0.0
+    if diff > TOLERANCE:
+        raise DataError(
+            f"the artifact in {directory} reproduces the scores only to {diff:.3g} (> {TOLERANCE}); "
+            "a method's table_from_serving disagrees with its eval-mode full_table"
+        )
+    return diff
+
+
+def sample_contexts(evaluator: Any, model: Recommender, users: int = SAMPLE_USERS) -> Tensor:
+    """Model inputs of the first ``users`` test users: the ranking evaluator's contexts (user ids
+    or input sequences), or plain user ids for rating models."""
+    parts = getattr(evaluator, "parts", None)
+    if parts and hasattr(parts.get("test"), "users"):
+        chosen = parts["test"].users[:users]
+        return evaluator.context_of(chosen, "test")
+    return torch.arange(1, min(users, model.info.num_users) + 1, device=_device(model))
+
+
+def export_run(run_dir: str | Path) -> ServingReport:
+    """Re-export a recorded run from its folder (``config.yaml`` + ``model.pt``)."""
+    from omegaconf import OmegaConf
+
+    from recbench.run import build_model, load_data
+    from recbench.tasks import build_task
+
+    run_dir = Path(run_dir)
+    for needed in ("config.yaml", "model.pt"):
+        if not (run_dir / needed).is_file():
+            raise DataError(
+                f"{run_dir / needed} is missing; pass the folder of a finished run "
+                "(outputs/runs/... or outputs/multirun/.../N_...)"
+            )
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    data = load_data(cfg)
+    model = build_model(cfg, data)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu"))
+    parts = build_task(data, cfg, torch.device("cpu"))
+    return export(
+        model,
+        run_dir / FOLDER,
+        model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        contexts=sample_contexts(parts.evaluator, model),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m recbench.serving",
+        description="Write or check the serving artifact of a recorded run.",
+    )
+    parser.add_argument("action", choices=("export", "verify"))
+    parser.add_argument("run_dir", help="a run folder (holding config.yaml and model.pt)")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "export":
+            report = export_run(args.run_dir)
+            print(
+                f"wrote {Path(args.run_dir) / FOLDER}: {report.file_bytes:,} bytes on disk, "
+                f"{report.payload_bytes:,} bytes of tensors, formula {report.formula_bytes:,.1f} bytes"
+            )
+        diff = verify(Path(args.run_dir) / FOLDER)
+        print(f"verified: the artifact alone reproduces the saved scores (max |diff| {diff:.2e})")
+    except RecbenchError as exc:
+        print(f"recbench serving: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
