@@ -40,6 +40,15 @@ format: $(STAMP) ## format with ruff
 mlflow-ui: $(STAMP) ## browse recorded runs at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
+reproduce-small: $(STAMP) ## reduced mgqe_table3 (ml-100k if RECBENCH_DATA has it, else synthetic) + report
+	@if [ -f "$${RECBENCH_DATA:-data}/ml-100k/u.data" ]; then DS=ml-100k; else DS=synthetic; \
+	  echo "ml-100k not found under $${RECBENCH_DATA:-data}: using the synthetic dataset"; fi; \
+	$(PY) -m recbench.run -m +experiment=mgqe_table3_small dataset=$$DS train.progress=false $(ARGS) && \
+	$(PY) -m recbench.report --experiment mgqe_table3_small --name mgqe_table3_small
+
+bench: $(STAMP) ## training/evaluation throughput table (scripts/bench_throughput.py; ARGS="--help")
+	$(PY) scripts/bench_throughput.py $(ARGS)
+
 clean: ## remove caches and everything under outputs/ (keeps .venv)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -rf .pytest_cache .ruff_cache

@@ -45,7 +45,6 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     sparse: bool = False
-    compile: bool = False
 
 
 @dataclass

@@ -197,6 +197,7 @@ def _train_and_evaluate(
         ),
         seed=cfg.seed,
         progress=cfg.train.progress,
+        sparse=cfg.train.sparse,
     )
 
     eval_started = time.perf_counter()

@@ -221,9 +221,60 @@ class FitResult:
         return self.samples / self.train_seconds if self.train_seconds > 0 else float("nan")
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+class Optimizers:
+    """Several optimizers stepped together: SparseAdam for sparse embedding tables, Adam for the
+    rest (``train.sparse=true``); a single Adam otherwise."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+
+def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Embedding]:
+    """The ``nn.Embedding`` tables inside the model's compressed embedding layers: the ones that
+    ``train.sparse`` switches to sparse gradients (positional tables and MLPs stay dense)."""
+    from recbench.embeddings.base import embedding_layers
+
+    return [
+        module
+        for layer in embedding_layers(model).values()
+        for module in layer.modules()
+        if isinstance(module, torch.nn.Embedding)
+    ]
+
+
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, sparse: bool = False
+) -> Optimizers:
+    """Adam over every trainable parameter; with ``sparse``, embedding tables get sparse gradients
+    and SparseAdam (which updates only the rows a batch touched: the per-step cost no longer grows
+    with the vocabulary), everything else dense Adam."""
+    sparse_params: list[torch.nn.Parameter] = []
+    if sparse:
+        if weight_decay:
+            raise ConfigError(
+                f"train.weight_decay={weight_decay} cannot be combined with train.sparse=true "
+                "(SparseAdam has no weight decay); set train.weight_decay=0 or train.sparse=false"
+            )
+        for table in sparse_tables(model):
+            table.sparse = True
+            if table.weight.requires_grad:
+                sparse_params.append(table.weight)
+    chosen = {id(p) for p in sparse_params}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    optimizers: list[torch.optim.Optimizer] = []
+    if dense:
+        optimizers.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
+    if sparse_params:
+        optimizers.append(torch.optim.SparseAdam(sparse_params, lr=lr))
+    return Optimizers(optimizers)
 
 
 def fit(
@@ -240,6 +291,7 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     seed: int = 0,
     progress: bool = True,
+    sparse: bool = False,
 ) -> FitResult:
     """Train ``model`` for up to ``epochs`` epochs.
 
@@ -253,7 +305,7 @@ def fit(
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    optimizer = make_optimizer(model, lr, weight_decay)
+    optimizer = make_optimizer(model, lr, weight_decay, sparse)
     best_value: float | None = None
     best_epoch = 0
     best_state: dict[str, Tensor] | None = None

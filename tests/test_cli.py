@@ -174,7 +174,7 @@ def test_sweep_isolates_failures_and_resumes(tmp_path: Path) -> None:
 
 
 def test_impossible_budget_names_the_smallest(tmp_path: Path) -> None:
-    proc = run_cli([*TINY, "+method.budget=0.5"], tmp_path)
+    proc = run_cli([*TINY, "method.budget=0.5"], tmp_path)
     assert proc.returncode == 2
     (line,) = error_lines(proc)
     assert "method.budget=0.5 is impossible" in line

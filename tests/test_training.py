@@ -141,3 +141,38 @@ def test_full_embedding_gmf_beats_popularity_on_structured_data() -> None:
     learned = ev.evaluate(model, "test")["hr_at_10"]
     popular = ev.popularity(data.item_counts, "test")["hr_at_10"]
     assert learned > 0.4 and learned > 2 * popular
+
+
+def test_sparse_training_touches_only_sampled_rows_and_learns() -> None:
+    from recbench.training import make_optimizer, sparse_tables
+
+    data = small_ranking_data()
+    torch.manual_seed(0)
+    model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
+    optimizer = make_optimizer(model, lr=0.05, weight_decay=0.0, sparse=True)
+    assert [type(o).__name__ for o in optimizer.optimizers] == ["Adam", "SparseAdam"]
+    assert all(t.sparse for t in sparse_tables(model)) and len(sparse_tables(model)) == 2
+    before = model.item_embedding.full_table().detach().clone()
+    batch = Batch(context=torch.tensor([1, 2]), items=torch.tensor([[3, 4], [3, 5]]))
+    optimizer.zero_grad()
+    bce_loss(model, batch).backward()
+    assert model.item_embedding.weight_table.weight.grad.is_sparse
+    optimizer.step()
+    after = model.item_embedding.full_table().detach()
+    changed = (after != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [3, 4, 5]  # SparseAdam moves only the rows the batch looked up
+
+    torch.manual_seed(0)
+    model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
+    result = fit(model, PairSampler(data, 2, 64, torch.device("cpu")), loss="bce", epochs=4,
+                 lr=0.05, progress=False, sparse=True)  # fmt: skip
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+
+
+def test_sparse_refuses_weight_decay() -> None:
+    from recbench.training import make_optimizer
+
+    data = small_ranking_data()
+    model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
+    with pytest.raises(ConfigError, match="train.weight_decay=0.1 cannot be combined"):
+        make_optimizer(model, lr=0.01, weight_decay=0.1, sparse=True)
