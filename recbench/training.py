@@ -237,17 +237,24 @@ class Optimizers:
             opt.step()
 
 
-def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Embedding]:
-    """The ``nn.Embedding`` tables inside the model's compressed embedding layers: the ones that
-    ``train.sparse`` switches to sparse gradients (positional tables and MLPs stay dense)."""
+def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Switch the model's embedding tables to sparse gradients and return them: ``nn.Embedding``
+    children of the compressed embedding layers and each layer's ``sparse_parameters()`` (hashed,
+    low-rank and quotient-remainder tables). Positional tables, projections, centroids and MLPs
+    stay dense."""
     from recbench.embeddings.base import embedding_layers
 
-    return [
-        module
-        for layer in embedding_layers(model).values()
-        for module in layer.modules()
-        if isinstance(module, torch.nn.Embedding)
-    ]
+    tables: list[torch.nn.Parameter] = []
+    for layer in embedding_layers(model).values():
+        own = layer.sparse_parameters()
+        if own:
+            layer.sparse_grad = True
+            tables.extend(own)
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Embedding):
+                module.sparse = True
+                tables.append(module.weight)
+    return [t for t in tables if t.requires_grad]
 
 
 def make_optimizer(
@@ -263,10 +270,7 @@ def make_optimizer(
                 f"train.weight_decay={weight_decay} cannot be combined with train.sparse=true "
                 "(SparseAdam has no weight decay); set train.weight_decay=0 or train.sparse=false"
             )
-        for table in sparse_tables(model):
-            table.sparse = True
-            if table.weight.requires_grad:
-                sparse_params.append(table.weight)
+        sparse_params = sparse_tables(model)
     chosen = {id(p) for p in sparse_params}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
     optimizers: list[torch.optim.Optimizer] = []

@@ -151,7 +151,8 @@ def test_sparse_training_touches_only_sampled_rows_and_learns() -> None:
     model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
     optimizer = make_optimizer(model, lr=0.05, weight_decay=0.0, sparse=True)
     assert [type(o).__name__ for o in optimizer.optimizers] == ["Adam", "SparseAdam"]
-    assert all(t.sparse for t in sparse_tables(model)) and len(sparse_tables(model)) == 2
+    assert model.item_embedding.weight_table.sparse and model.user_embedding.weight_table.sparse
+    assert len(sparse_tables(model)) == 2
     before = model.item_embedding.full_table().detach().clone()
     batch = Batch(context=torch.tensor([1, 2]), items=torch.tensor([[3, 4], [3, 5]]))
     optimizer.zero_grad()
@@ -176,3 +177,38 @@ def test_sparse_refuses_weight_decay() -> None:
     model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
     with pytest.raises(ConfigError, match="train.weight_decay=0.1 cannot be combined"):
         make_optimizer(model, lr=0.01, weight_decay=0.1, sparse=True)
+
+
+@pytest.mark.parametrize("method", ["hashing", "bloom", "qr", "low_rank", "dpq", "scalar_quant"])
+def test_sparse_gradients_equal_dense_gradients(method: str) -> None:
+    """``train.sparse`` changes how gradients are stored, never their values: for every method with
+    gathered tables the sparse gradient, densified, equals the dense one, and only the gathered
+    tables become sparse. (SparseAdam then differs from Adam only where it adds eps.)"""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from recbench.training import make_optimizer, sparse_tables
+    from tests.conftest import CONF
+
+    data = small_ranking_data()
+    node = OmegaConf.load(CONF / "method" / f"{method}.yaml")
+    node.pop("budget", None)
+    factory = instantiate(node)
+    batch = Batch(context=torch.tensor([1, 2, 3]), items=torch.tensor([[3, 4], [3, 5], [1, 2]]))
+    grads = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = GMF(DataInfo.from_prepared(data), factory, embedding_dim=64)
+        make_optimizer(model, lr=0.01, weight_decay=0.0, sparse=sparse)
+        model.train()
+        (bce_loss(model, batch) + model.aux_loss()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    sparse_names = {n for n, g in grads[1].items() if g.is_sparse}
+    assert sparse_names, "no table became sparse"
+    torch.manual_seed(0)
+    tables = sparse_tables(GMF(DataInfo.from_prepared(data), factory, embedding_dim=64))
+    assert len(sparse_names) == len(tables)
+    for name, dense in grads[0].items():
+        got = grads[1][name].to_dense() if grads[1][name].is_sparse else grads[1][name]
+        torch.testing.assert_close(got, dense, atol=1e-9, rtol=1e-6)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.errors import ConfigError
@@ -61,6 +62,8 @@ class CompressedEmbedding(nn.Module):
                 )
         self.counts: Tensor | None = counts
         self._aux_terms: list[Tensor] = []
+        #: Set by ``train.sparse``: lookups through ``_lookup`` then produce sparse gradients.
+        self.sparse_grad = False
 
     # ----------------------------------------------------------------- contract
     @property
@@ -157,7 +160,16 @@ class CompressedEmbedding(nn.Module):
             "the full table; use a budget >= 1 or a compressing method"
         )
 
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Tables read only through ``_lookup`` (row gathers), which ``train.sparse`` may train
+        with sparse gradients; ``nn.Embedding`` children are found separately. Default: none."""
+        return []
+
     # ------------------------------------------------------------------ helpers
+    def _lookup(self, index: Tensor, table: Tensor) -> Tensor:
+        """Row gather ``table[index]`` with sparse gradients when ``sparse_grad`` is set."""
+        return F.embedding(index, table, sparse=self.sparse_grad)
+
     def _add_aux(self, term: Tensor) -> None:
         if self.training:
             self._aux_terms.append(term)
