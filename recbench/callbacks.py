@@ -1,4 +1,5 @@
-"""Hydra callbacks: a summary at the end of a sweep, so a failed run is never lost in the scroll."""
+"""Hydra callbacks: the tracking store prepared before parallel runs start, and a summary at the
+end of a sweep, so a failed run is never lost in the scroll."""
 
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ from omegaconf import DictConfig
 
 
 def sweep_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """The ``metrics.json`` of every run folder under a sweep directory (status, error, tags)."""
+    """The ``metrics.json`` of every run folder under a sweep directory (status, error, tags); a
+    folder whose run died before recording anything is reported as NO_RECORD."""
     records = []
-    for path in sorted(Path(sweep_dir).glob("*/metrics.json")):
+    for folder in sorted(p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()):
+        path = folder / "metrics.json"
         try:
             record = json.loads(path.read_text())
+        except FileNotFoundError:
+            record = {"status": "NO_RECORD", "error": f"no metrics.json; see {folder}"}
         except (OSError, json.JSONDecodeError):
             record = {"status": "UNREADABLE", "error": f"cannot read {path}"}
-        record["run_dir"] = str(path.parent)
+        record["run_dir"] = str(folder)
         records.append(record)
     return records
 
@@ -38,6 +43,12 @@ def summarize(records: list[dict[str, Any]]) -> str:
 class SweepSummary(Callback):
     """Prints ``summarize`` for the sweep directory when a multirun ends. (After Ctrl-C Hydra
     skips callbacks; rerunning the same sweep then completes only the missing runs.)"""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.tracking.enabled:
+            from recbench.tracking import prepare_store
+
+            prepare_store(config.tracking.uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         records = sweep_records(config.hydra.sweep.dir)

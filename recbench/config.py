@@ -10,7 +10,7 @@ Hydra composes the configuration, before any data is loaded. Groups whose conten
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -25,7 +25,7 @@ class DatasetConfig:
     download: bool = False
     min_user_count: int = 0
     min_item_count: int = 0
-    rating_range: Optional[list[float]] = None
+    rating_range: list[float] | None = None
     rating_split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     loader: Any = MISSING
 
@@ -41,7 +41,7 @@ class TrainConfig:
     loss: str = "bce"
     num_negatives: int = 4
     patience: int = 0
-    monitor: Optional[str] = None
+    monitor: str | None = None
     device: str = "auto"
     progress: bool = True
     sparse: bool = False
@@ -56,7 +56,7 @@ class EvalConfig:
     popularity_baseline: bool = True
     protocol: str = "full"
     num_sampled: int = 100
-    negatives_dir: Optional[str] = None
+    negatives_dir: str | None = None
     serving_artifact: bool = True
 
 
@@ -66,7 +66,7 @@ class TrackingConfig:
 
     enabled: bool = True
     uri: str = "sqlite:///outputs/mlflow.db"
-    experiment: Optional[str] = None
+    experiment: str | None = None
     artifact_root: str = "outputs/mlartifacts"
 
 
@@ -83,7 +83,7 @@ class RecbenchConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     task: str = MISSING
     seed: int = 0
-    preset: Optional[str] = None
+    preset: str | None = None
     force: bool = False
 
 

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import recbench.config  # noqa: F401 - registers the schema with Hydra
-from recbench.checks import check_run_config, method_knobs, preflight
+from recbench.checks import check_run_config, preflight
 from recbench.data.prepared import PreparedData, prepare
 from recbench.embeddings.base import BudgetedFactory, EmbeddingFactory, embedding_layers
 from recbench.errors import RecbenchError
@@ -139,8 +139,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             print(f"recbench: skipped, identical run {done['run_id']} already FINISHED (force=true reruns it)")
             return {"status": "SKIPPED", **done["metrics"]}
     run_name = f"{identity['model']}-{identity['method']}-s{cfg.seed}"
-    tracker.start(run_name, {**identity, "run_dir": str(run_dir)}, flatten(resolved))
     try:
+        tracker.start(run_name, {**identity, "run_dir": str(run_dir)}, flatten(resolved))
         metrics = _train_and_evaluate(cfg, device, tracker, run_dir, started)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"

@@ -99,8 +99,7 @@ class MlflowTracker:
             return found.experiment_id
 
     def start(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> None:
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        prepare_store(self.uri)
         run = _retry(
             lambda: self.client.create_run(
                 self._experiment_id(), run_name=run_name, tags=dict(tags)
@@ -171,6 +170,23 @@ class MlflowTracker:
         }
 
 
+def prepare_store(uri: str) -> None:
+    """Create a sqlite store (and its schema) once, before parallel runs race to migrate it.
+
+    Two processes opening a brand-new sqlite file both run MLflow's schema migrations and one
+    fails ("duplicate column"); the sweep callback calls this in the launching process first, and
+    each run calls it again (a no-op once the schema exists), retrying while another process holds
+    the lock or is half-way through the migration.
+    """
+    import mlflow
+
+    uri = _absolute_sqlite_uri(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    _retry(lambda: client.search_experiments(max_results=1), transient=("locked", "duplicate column", "already exists"))
+
+
 def make_tracker(enabled: bool, uri: str, experiment: str, artifact_root: str) -> NullTracker | MlflowTracker:
     if not enabled:
         return NullTracker()
@@ -191,13 +207,14 @@ def _param_value(value: Any) -> str:
     return text[:6000]
 
 
-def _retry(action, attempts: int = 8, delay: float = 0.25):  # noqa: ANN001, ANN202
+def _retry(action, attempts: int = 8, delay: float = 0.25, transient: tuple[str, ...] = ("locked",)):  # noqa: ANN001, ANN202
     """Retry store writes that hit sqlite's 'database is locked' under parallel sweeps."""
     for attempt in range(attempts):
         try:
             return action()
         except Exception as exc:  # noqa: BLE001 - mlflow wraps sqlite errors in several types
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+            text = str(exc).lower()
+            if not any(t in text for t in transient) or attempt == attempts - 1:
                 raise
             time.sleep(delay * (2**attempt))
     return None

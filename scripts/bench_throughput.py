@@ -186,7 +186,7 @@ def bench_one(
         epoch_s=epoch_s, epoch_rate=per_epoch_samples / epoch_s, eval_s=statistics.median(eval_times) if eval_times else float("nan"),
         peak_mib=peak_mib(device),
     )  # fmt: skip
-    del model, optimizer, parts
+    del model, optimizer
     gc.collect()
     return row
 

@@ -178,3 +178,20 @@ def test_impossible_budget_names_the_smallest(tmp_path: Path) -> None:
     assert proc.returncode == 2
     (line,) = error_lines(proc)
     assert "method.budget=0.5 is impossible" in line
+
+
+def test_parallel_joblib_sweep_shares_the_store(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    grid = [*TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"]
+    proc = run_sweep(grid, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = mlflow_runs(tmp_path)
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    dirs = {r.data.tags["run_dir"] for r in runs}
+    assert len(dirs) == 2  # each run in its own folder
+
+
+def test_slurm_example_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    assert preflight(["-m", "hydra/launcher=slurm_example", "seed=0,1"]) is None

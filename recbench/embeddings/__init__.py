@@ -4,3 +4,25 @@ from recbench.embeddings.base import CompressedEmbedding, EmbeddingFactory, embe
 from recbench.embeddings.full import FullEmbedding
 
 __all__ = ["CompressedEmbedding", "EmbeddingFactory", "FullEmbedding", "embedding_layers"]
+
+# Quantization methods (scalar quantization, DPQ, MGQE).
+from recbench.embeddings.dpq import DPQEmbedding  # noqa: E402
+from recbench.embeddings.mgqe import MGQEmbedding  # noqa: E402
+from recbench.embeddings.scalar_quant import ScalarQuantEmbedding  # noqa: E402
+
+__all__ += ["DPQEmbedding", "MGQEmbedding", "ScalarQuantEmbedding"]
+
+# Hashing, factorisation and mixed-dimension methods.
+from recbench.embeddings.bloom import BloomEmbedding  # noqa: E402
+from recbench.embeddings.hashing_trick import HashingTrickEmbedding  # noqa: E402
+from recbench.embeddings.low_rank import LowRankEmbedding  # noqa: E402
+from recbench.embeddings.mixed_dim import MixedDimEmbedding  # noqa: E402
+from recbench.embeddings.qr import QuotientRemainderEmbedding  # noqa: E402
+
+__all__ += [
+    "BloomEmbedding",
+    "HashingTrickEmbedding",
+    "LowRankEmbedding",
+    "MixedDimEmbedding",
+    "QuotientRemainderEmbedding",
+]

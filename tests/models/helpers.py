@@ -32,7 +32,7 @@ def build_with_method(
     model_cfg = OmegaConf.load(CONF / "model" / f"{model}.yaml").model
     for key, value in model_knobs.items():
         model_cfg[key] = value
-    method_cfg = OmegaConf.load(CONF / "method" / f"{method}.yaml")
-    extra = {"budget": None} if "budget" in method_cfg else {}
-    factory = hydra.utils.instantiate(method_cfg, **extra)
+    from recbench.run import method_factory
+
+    factory = method_factory(OmegaConf.load(CONF / "method" / f"{method}.yaml"))
     return hydra.utils.instantiate(model_cfg)(tiny_info(num_users, num_items), item_embedding=factory)

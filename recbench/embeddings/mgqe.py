@@ -1,0 +1,395 @@
+"""Multi-granular quantized embeddings (MGQE, Kang et al. 2020, section 4): DPQ with frequency tiers.
+
+Ids are sorted by descending training frequency (1 = most popular), so the paper's frequency
+partition ``V_1 .. V_m`` is a list of contiguous id ranges: ``tier_fractions`` (default top 10 % /
+rest) or explicit ``tier_sizes``. Head ids get more code capacity than tail ids. Three variants
+(paper section 4.2, Table 6):
+
+* ``shared_k`` (the paper's default, "share, variable K"): one DPQ centroid table with
+  ``K = max K_i``; ids of tier ``i`` may use only its first ``K_i`` centroids, so their codes take
+  ``ceil(log2 K_i)`` bits. Serving bits ``sum_i |V_i| D ceil(log2 K_i) + 32 K d``.
+* ``unshared_k`` ("unshare, variable K"): a private centroid table of ``K_i`` per tier, same ``D``.
+  Serving bits ``sum_i (|V_i| D ceil(log2 K_i) + 32 K_i d)``.
+* ``unshared_d`` ("unshare, variable D"): a private table per tier with its own ``D_i`` (and
+  ``K_i``). Serving bits ``sum_i (|V_i| D_i ceil(log2 K_i) + 32 K_i d)``.
+
+Lookups are batched per tier (paper section 4.3, Algorithm 1): a batch is split by tier with one
+mask, and each tier does one nearest-centroid search and one gather for all its ids; never a
+per-item loop. Training, the straight-through estimator, the auxiliary VQ loss (averaged over every
+looked-up coordinate of every tier), the eval-mode served table (cached until a parameter changes)
+and the initialisation follow ``recbench.embeddings.dpq``; see its docstring for why.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.dpq import (
+    as_list,
+    check_common_knobs,
+    check_num_centroids,
+    check_num_subspaces,
+    code_bits,
+    divisors_descending,
+    gather_centroids,
+    nearest_codes,
+    version_key,
+    vq_aux_sum,
+)
+from recbench.embeddings.packing import pack_bits, unpack_bits
+from recbench.errors import ConfigError
+
+VARIANTS = ("shared_k", "unshared_k", "unshared_d")
+DEFAULT_FRACTIONS = (0.1, 0.9)
+DEFAULT_CENTROIDS = (256, 64)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def resolve_tiers(num_ids: int, tier_fractions: Any = None, tier_sizes: Any = None) -> list[int]:
+    """Sizes ``|V_i|`` of the tiers over ``num_ids`` real ids (head first).
+
+    Explicit ``tier_sizes`` win and must sum to ``num_ids``. Otherwise tier ``i`` ends at id
+    ``floor(cum_fraction_i * n + 0.5)`` (rounded half up, the last tier ends at ``n``); a tier may be
+    empty on a tiny vocabulary.
+    """
+    if tier_sizes is not None:
+        sizes = [int(s) for s in tier_sizes]
+        if sum(sizes) != num_ids:
+            raise ConfigError(
+                f"method.tier_sizes={sizes} sums to {sum(sizes)} but the layer has {num_ids} real "
+                "ids; use method.tier_fractions (applies to every layer) or sizes that sum to it"
+            )
+        return sizes
+    fractions = [float(f) for f in (DEFAULT_FRACTIONS if tier_fractions is None else tier_fractions)]
+    ends, cumulative = [], 0.0
+    for fraction in fractions[:-1]:
+        cumulative += fraction
+        ends.append(min(num_ids, math.floor(cumulative * num_ids + 0.5)))
+    ends.append(num_ids)
+    starts = [0, *ends[:-1]]
+    return [end - start for start, end in zip(starts, ends)]
+
+
+def tier_lists(num_tiers: int, num_centroids: Any, num_subspaces: Any) -> tuple[list[int], list[int]]:
+    """Per-tier ``K_i`` and ``D_i`` from scalars or lists (a scalar applies to every tier)."""
+    ks = as_list(num_centroids)
+    ks = [num_centroids] * num_tiers if ks is None else ks
+    ds = as_list(num_subspaces)
+    ds = [num_subspaces] * num_tiers if ds is None else ds
+    for name, values in (("num_centroids", ks), ("num_subspaces", ds)):
+        if len(values) != num_tiers:
+            raise ConfigError(
+                f"method.{name}={list(values)} has {len(values)} entries but there are {num_tiers} "
+                "tiers; give one value per tier (or a single number)"
+            )
+    return list(ks), list(ds)
+
+
+def mgqe_serving_bits(
+    variant: str, sizes: Sequence[int], ks: Sequence[int], ds: Sequence[int], embedding_dim: int
+) -> int:
+    """Serving bits of one MGQE layer (module docstring), an exact integer."""
+    codes = sum(size * dd * code_bits(k) for size, k, dd in zip(sizes, ks, ds))
+    if variant == "shared_k":
+        return codes + 32 * max(ks) * embedding_dim
+    return codes + sum(32 * k * embedding_dim for k in ks)
+
+
+class MGQEmbedding(CompressedEmbedding):
+    """MGQE: DPQ whose code capacity (``K_i`` or ``D_i``) depends on the id's frequency tier."""
+
+    frequency_aware = True
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        counts: Tensor | None = None,
+        variant: str = "shared_k",
+        tier_fractions: Sequence[float] | None = DEFAULT_FRACTIONS,
+        tier_sizes: Sequence[int] | None = None,
+        num_centroids: int | Sequence[int] = DEFAULT_CENTROIDS,
+        num_subspaces: int | Sequence[int] = 64,
+        beta: float = 0.25,
+        aux_weight: float = 1.0,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, counts=counts)
+        self.check_knobs(
+            embedding_dim,
+            variant=variant,
+            tier_fractions=tier_fractions,
+            tier_sizes=tier_sizes,
+            num_centroids=num_centroids,
+            num_subspaces=num_subspaces,
+            beta=beta,
+            aux_weight=aux_weight,
+            init_std=init_std,
+        )
+        self.variant = str(variant)
+        self.tier_fractions = (
+            None if tier_fractions is None else [float(f) for f in tier_fractions]
+        )
+        self.tier_sizes = resolve_tiers(self.num_ids, tier_fractions, tier_sizes)
+        self.num_tiers = len(self.tier_sizes)
+        ks, ds = tier_lists(self.num_tiers, num_centroids, num_subspaces)
+        self.num_centroids = [int(k) for k in ks]
+        self.num_subspaces = [int(dd) for dd in ds]
+        self.beta = float(beta)
+        self.aux_weight = float(aux_weight)
+        self.init_std = float(init_std)
+        # Tier i holds ids [starts[i], ends[i]) (id 0 is padding, so tier 0 starts at 1).
+        bounds = [1]
+        for size in self.tier_sizes:
+            bounds.append(bounds[-1] + size)
+        self.tier_starts, self.tier_ends = bounds[:-1], bounds[1:]
+        # Exclusive tier ends as a device-following tensor for batched tier assignment (not saved).
+        self.register_buffer("tier_ends_tensor", torch.tensor(self.tier_ends), persistent=False)
+        if counts is not None and bool((self.counts[2:] > self.counts[1:-1]).any()):
+            warnings.warn(
+                "MGQEmbedding: counts are not in descending order over ids 1..n, so the tiers "
+                "(contiguous id ranges) do not follow frequency; ids should be sorted by popularity",
+                stacklevel=2,
+            )
+
+        self.query = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=0)
+        nn.init.normal_(self.query.weight, std=self.init_std)
+        with torch.no_grad():
+            self.query.weight[0].zero_()
+        d = self.embedding_dim
+        if self.variant == "shared_k":
+            dd = self.num_subspaces[0]
+            shapes = [(dd, max(self.num_centroids), d // dd)]
+        else:
+            shapes = [(dd, k, d // dd) for k, dd in zip(self.num_centroids, self.num_subspaces)]
+        self.centroids = nn.ParameterList(
+            [nn.Parameter(torch.randn(*shape) * self.init_std) for shape in shapes]
+        )
+        self._cache_key: tuple[Any, ...] | None = None
+        self._cache: tuple[list[Tensor], Tensor] | None = None
+
+    # ------------------------------------------------------------------ knobs
+    @classmethod
+    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
+        variant = knobs.get("variant", "shared_k")
+        if variant not in VARIANTS:
+            raise ConfigError(
+                f"method.variant={variant} is unknown; use shared_k (the paper's default), "
+                "unshared_k or unshared_d"
+            )
+        sizes = knobs.get("tier_sizes")
+        if sizes is not None:
+            values = as_list(sizes)
+            if not values or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values):
+                raise ConfigError(
+                    f"method.tier_sizes={sizes} must be a list of non-negative ints (head first); "
+                    "use e.g. [600, 5440] or set it to null and use method.tier_fractions"
+                )
+            num_tiers = len(values)
+        else:
+            fractions = knobs.get("tier_fractions", DEFAULT_FRACTIONS)
+            values = as_list(fractions) if fractions is not None else list(DEFAULT_FRACTIONS)
+            if (
+                not values
+                or any(isinstance(f, bool) or not isinstance(f, int | float) or f <= 0 for f in values)
+                or abs(sum(values) - 1.0) > 1e-6
+            ):
+                raise ConfigError(
+                    f"method.tier_fractions={fractions} must be positive fractions of the ids that "
+                    "sum to 1 (head first); use e.g. [0.1, 0.9]"
+                )
+            num_tiers = len(values)
+        ks, ds = tier_lists(
+            num_tiers,
+            knobs.get("num_centroids", DEFAULT_CENTROIDS),
+            knobs.get("num_subspaces", 64),
+        )
+        for i, k in enumerate(ks):
+            check_num_centroids(k, f"method.num_centroids[{i}]")
+        for i, dd in enumerate(ds):
+            check_num_subspaces(dd, embedding_dim, f"method.num_subspaces[{i}]")
+        if variant != "unshared_d" and len(set(ds)) > 1:
+            raise ConfigError(
+                f"method.num_subspaces={list(ds)} varies by tier, which needs separate centroid "
+                f"tables; use method.variant=unshared_d or a single number with variant={variant}"
+            )
+        check_common_knobs(knobs)
+
+    def knobs(self) -> dict[str, Any]:
+        """Resolved knobs; ``tier_sizes``, ``num_centroids`` and ``num_subspaces`` per tier."""
+        return {
+            "variant": self.variant,
+            "tier_fractions": self.tier_fractions,
+            "tier_sizes": list(self.tier_sizes),
+            "num_centroids": list(self.num_centroids),
+            "num_subspaces": list(self.num_subspaces),
+            "beta": self.beta,
+            "aux_weight": self.aux_weight,
+            "init_std": self.init_std,
+        }
+
+    # ------------------------------------------------------------------ tiers
+    def tier_centroids(self, tier: int) -> Tensor:
+        """The ``(D_i, K_i, d/D_i)`` centroids tier ``tier`` may use (a view for ``shared_k``)."""
+        if self.variant == "shared_k":
+            return self.centroids[0][:, : self.num_centroids[tier]]
+        return self.centroids[tier]
+
+    def _tier_lookup(self, tier: int, queries: Tensor) -> tuple[Tensor, Tensor]:
+        """Codes ``(b, D_i)`` and chosen centroids ``(b, D_i, s_i)`` for queries ``(b, d)`` of one
+        tier: one nearest-centroid search and one gather for the whole group."""
+        centroids = self.tier_centroids(tier)
+        grouped = queries.view(-1, centroids.shape[0], centroids.shape[2])
+        codes = nearest_codes(grouped, centroids)
+        return codes, gather_centroids(centroids, codes)
+
+    def codes(self) -> list[Tensor]:
+        """Per tier, the ``(|V_i|, D_i)`` codes of its ids from the current query table (cached)."""
+        return self._served()[0]
+
+    def _served(self) -> tuple[list[Tensor], Tensor]:
+        """Per-tier codes and the served ``(n + 1, d)`` table (row 0 zeros), cached until the query
+        table or a centroid table changes. Tiers are contiguous id ranges, so no masks are needed."""
+        key = version_key(self.query.weight, *self.centroids)
+        if key is not None and key == self._cache_key and self._cache is not None:
+            return self._cache
+        codes: list[Tensor] = []
+        rows = [self.query.weight.new_zeros(1, self.embedding_dim)]
+        with torch.no_grad():
+            for tier, (start, end) in enumerate(zip(self.tier_starts, self.tier_ends)):
+                tier_codes, chosen = self._tier_lookup(tier, self.query.weight[start:end].detach())
+                codes.append(tier_codes)
+                rows.append(chosen.detach().reshape(-1, self.embedding_dim))
+            table = torch.cat(rows)
+        self._cache_key, self._cache = key, (codes, table)
+        return codes, table
+
+    # ---------------------------------------------------------------- contract
+    def forward(self, ids: Tensor) -> Tensor:
+        if not self.training:
+            return self._served()[1][ids]
+        flat = ids.reshape(-1)
+        tier_of = torch.searchsorted(self.tier_ends_tensor, flat, right=True)  # padding (id 0) lands in tier 0
+        real = flat != 0
+        positions, values = [], []
+        aux = self.query.weight.new_zeros(())
+        for tier in range(self.num_tiers):
+            index = torch.nonzero(real & (tier_of == tier)).squeeze(1)
+            if index.numel() == 0:
+                continue
+            queries = self.query(flat[index])
+            _, chosen = self._tier_lookup(tier, queries)
+            grouped = queries.view_as(chosen)
+            values.append((grouped + (chosen - grouped).detach()).reshape(-1, self.embedding_dim))
+            positions.append(index)
+            aux = aux + vq_aux_sum(grouped, chosen, self.beta)
+        rows = sum(int(p.numel()) for p in positions)
+        if rows != int(real.sum()):
+            raise IndexError(
+                f"ids out of range for MGQEmbedding with {self.num_embeddings} ids (0..{self.num_ids})"
+            )
+        out = self.query.weight.new_zeros(flat.numel(), self.embedding_dim)
+        if rows:
+            out = out.index_copy(0, torch.cat(positions), torch.cat(values))
+            self._add_aux(self.aux_weight * aux / (rows * self.embedding_dim))
+        return out.reshape(*ids.shape, self.embedding_dim)
+
+    def full_table(self) -> Tensor:
+        """Eval: the served table. Training: a straight-through lookup of every id (with its aux)."""
+        if not self.training:
+            return self._served()[1]
+        return super().full_table()
+
+    def serving_bits(self) -> int:
+        return mgqe_serving_bits(
+            self.variant, self.tier_sizes, self.num_centroids, self.num_subspaces, self.embedding_dim
+        )
+
+    def serving_tensors(self) -> dict[str, Tensor]:
+        codes, _ = self._served()
+        tensors = {
+            f"codes_{tier}": pack_bits(tier_codes, code_bits(self.num_centroids[tier])).cpu()
+            for tier, tier_codes in enumerate(codes)
+        }
+        for i, centroids in enumerate(self.centroids):
+            name = "centroids" if self.variant == "shared_k" else f"centroids_{i}"
+            tensors[name] = centroids.detach().to(torch.float32).cpu().contiguous()
+        return tensors
+
+    @classmethod
+    def table_from_serving(cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Tensor:
+        d = int(meta["embedding_dim"])
+        variant = str(meta["variant"])
+        rows = []
+        for tier, (size, k, dd) in enumerate(
+            zip(meta["tier_sizes"], meta["num_centroids"], meta["num_subspaces"])
+        ):
+            size, k, dd = int(size), int(k), int(dd)
+            if variant == "shared_k":
+                centroids = tensors["centroids"].to(torch.float32)[:, :k]
+            else:
+                centroids = tensors[f"centroids_{tier}"].to(torch.float32)
+            codes = unpack_bits(tensors[f"codes_{tier}"], code_bits(k), size * dd).view(size, dd)
+            rows.append(gather_centroids(centroids, codes.to(centroids.device)).reshape(size, d))
+        first = tensors["centroids" if variant == "shared_k" else "centroids_0"]
+        return torch.cat([first.new_zeros(1, d, dtype=torch.float32), *rows])
+
+    # ------------------------------------------------------------ equal memory
+    @classmethod
+    def solve_budget(
+        cls,
+        budget: float,
+        num_ids: int,
+        embedding_dim: int,
+        counts: Tensor | None = None,
+        **knobs: Any,
+    ) -> dict[str, Any]:
+        """Choose ``num_subspaces``; tiers and ``K_i`` stay as configured (the paper varies ``D`` for
+        smaller models, Figure 6).
+
+        ``shared_k``/``unshared_k``: the largest divisor ``D`` of ``d`` that fits. ``unshared_d``:
+        the head tier gets the largest divisor ``D_1`` that fits and every other tier keeps its
+        configured ratio to the largest configured ``D``, rounded down to a divisor of ``d`` (at
+        least 1), e.g. ``[64, 32]`` -> ``[32, 16]`` -> ``[16, 8]``.
+        """
+        cls.check_knobs(embedding_dim, **knobs)
+        variant = knobs.get("variant", "shared_k")
+        n, d = int(num_ids), int(embedding_dim)
+        sizes = resolve_tiers(
+            n, knobs.get("tier_fractions", DEFAULT_FRACTIONS), knobs.get("tier_sizes")
+        )
+        ks, ds = tier_lists(
+            len(sizes),
+            knobs.get("num_centroids", DEFAULT_CENTROIDS),
+            knobs.get("num_subspaces", 64),
+        )
+        divisors = divisors_descending(d)
+        top = max(ds)
+
+        def scaled(head: int) -> list[int]:
+            if variant != "unshared_d":
+                return [head] * len(ds)
+            return [
+                next((q for q in divisors if q <= max(1.0, head * dd / top)), 1) for dd in ds
+            ]
+
+        full = 32 * n * d
+        for head in divisors:
+            candidate = scaled(head)
+            if mgqe_serving_bits(variant, sizes, ks, candidate, d) <= budget * full:
+                value: int | list[int] = candidate if variant == "unshared_d" else head
+                return {**knobs, "num_subspaces": value}
+        smallest = mgqe_serving_bits(variant, sizes, ks, scaled(1), d) / full
+        raise ConfigError(
+            f"method.budget={budget} is below the smallest {cls.__name__} size ({smallest:.6f} of "
+            f"full at num_subspaces=1, num_centroids={list(ks)}); use method.budget >= "
+            f"{math.ceil(smallest * 1e6) / 1e6} or fewer method.num_centroids"
+        )
