@@ -17,7 +17,7 @@ case "${1:-all}" in
       seed=0,1,2 $common ;;&
   bloom|all)
     $PY -m recbench.run -m +experiment=bloom_hashes $common
-    $PY -m recbench.run -m +experiment=bloom_hashes method=full seed=0,1,2 'hydra.sweeper.params={}' $common ;;&
+    $PY -m recbench.run -m +experiment=bloom_full seed=0,1,2 $common ;;&
   table3|all)
     $PY -m recbench.run -m +experiment=mgqe_table3_small $common ;;
 esac

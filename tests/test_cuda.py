@@ -1,0 +1,70 @@
+"""CPU and CUDA compute the same thing: for every method (on GMF) and for SASRec, the same weights
+give the same metrics on both devices, and one training step from the same state on the same batch
+moves the parameters the same way. Skipped without a CUDA device (CI has none)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from recbench.run import build_model, load_data
+from recbench.tasks import build_task
+from recbench.training import LOSSES, fit, make_optimizer, train_step
+from tests.conftest import CONF, method_names
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
+CPU, GPU = torch.device("cpu"), torch.device("cuda")
+TINY = ["dataset.loader.num_users=150", "dataset.loader.num_items=80", "dataset.loader.events_per_user=15"]
+
+
+def setup(overrides: list[str]):  # noqa: ANN201
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, *overrides])
+    data = load_data(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    fit(model, build_task(data, cfg, CPU).sampler, loss=cfg.train.loss, epochs=2, lr=0.01,
+        progress=False)  # fmt: skip
+    return cfg, data, model
+
+
+def check(overrides: list[str]) -> None:
+    cfg, data, model = setup(overrides)
+    on_gpu = copy.deepcopy(model).to(GPU)
+    cpu_parts, gpu_parts = build_task(data, cfg, CPU), build_task(data, cfg, GPU)
+    model.eval(), on_gpu.eval()
+    cpu_metrics = cpu_parts.evaluator.evaluate(model, "test")
+    gpu_metrics = gpu_parts.evaluator.evaluate(on_gpu, "test")
+    for key, value in cpu_metrics.items():
+        assert gpu_metrics[key] == pytest.approx(value, abs=2e-3), key
+
+    batch = next(cpu_parts.sampler.epoch(torch.Generator().manual_seed(1)))
+    gpu_batch = type(batch)(**{k: (v.to(GPU) if torch.is_tensor(v) else v) for k, v in vars(batch).items()})
+    model.train(), on_gpu.train()
+    torch.manual_seed(3)  # dropout masks differ across devices; compare with dropout off
+    for m in (model, on_gpu):
+        for module in m.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    loss_fn = LOSSES[cfg.train.loss]
+    train_step(model, batch, loss_fn, make_optimizer(model, 1e-3, 0.0))
+    train_step(on_gpu, gpu_batch, loss_fn, make_optimizer(on_gpu, 1e-3, 0.0))
+    for (name, a), (_, b) in zip(model.state_dict().items(), on_gpu.state_dict().items()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_gmf_every_method_agrees_across_devices(method: str) -> None:
+    check([f"method={method}"])
+
+
+@pytest.mark.parametrize("model", ["neumf", "sasrec", "dot_bias"])
+def test_backbones_agree_across_devices(model: str) -> None:
+    check([f"model={model}"])
