@@ -179,7 +179,10 @@ def ce_loss(model: Recommender, batch: Batch) -> Tensor:
     logits = logits.clone()
     logits[..., 0] = float("-inf")  # padding is never a candidate
     target = batch.items[..., 0]
-    per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+    # Padded positions have target 0, whose logit is -inf: ignore them (else inf * 0 = nan).
+    per = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none", ignore_index=0
+    )
     return _masked_mean(per.reshape(target.shape), batch.mask)
 
 

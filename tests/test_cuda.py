@@ -52,6 +52,8 @@ def check(overrides: list[str]) -> None:
         for module in m.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+            if isinstance(getattr(module, "dropout", None), float):  # attention dropout_p
+                module.dropout = 0.0
     loss_fn = LOSSES[cfg.train.loss]
     grads = []
     for m, b in ((model, batch), (on_gpu, gpu_batch)):

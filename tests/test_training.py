@@ -212,3 +212,18 @@ def test_sparse_gradients_equal_dense_gradients(method: str) -> None:
     for name, dense in grads[0].items():
         got = grads[1][name].to_dense() if grads[1][name].is_sparse else grads[1][name]
         torch.testing.assert_close(got, dense, atol=1e-9, rtol=1e-6)
+
+
+def test_ce_loss_ignores_padded_positions() -> None:
+    """Full softmax over items with left-padded sequence positions (target 0) stays finite and
+    equals the mean over the real positions only."""
+    from recbench.training import ce_loss
+
+    class Logits(torch.nn.Module):
+        def full_logits(self, context: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[[0.0, 1.0, 2.0, 3.0], [0.0, 3.0, 1.0, 0.0]]])
+
+    batch = Batch(context=torch.zeros(1, 2, dtype=torch.long), items=torch.tensor([[[0], [1]]]),
+                  mask=torch.tensor([[False, True]]))  # fmt: skip
+    expected = -math.log(math.exp(3) / (math.exp(3) + math.exp(1) + math.exp(0)))
+    assert ce_loss(Logits(), batch).item() == pytest.approx(expected, rel=1e-6)
