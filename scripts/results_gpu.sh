@@ -14,8 +14,8 @@ case "${1:-all}" in
   sasrec_amazon|all)
     # SASRec, both losses, full ranking and the sampled protocol, 3 seeds; at most 100 epochs with
     # early stopping after 20 epochs without validation NDCG@10 gain (the paper: 200 epochs).
-    $PY -m recbench.run -m model=sasrec dataset=amazon-games train.loss=bce,ce train.epochs=100 \
-      eval.protocol=full,sampled seed=0,1,2 hydra.sweep.dir=outputs/multirun/sasrec_amazon "${common[@]}" ;;&
+    $PY -m recbench.run -m model=sasrec dataset=amazon-games train.loss=${LOSSES:-bce,ce} train.epochs=100 \
+      eval.protocol=full,sampled seed=0,1,2 hydra.sweep.dir=outputs/multirun/sasrec_amazon${SUFFIX:-} "${common[@]}" ;;&
   sasrec_ml100k|all)
     $PY -m recbench.run -m model=sasrec dataset=ml-100k train.loss=bce,ce \
       eval.protocol=full,sampled seed=0,1,2 hydra.sweep.dir=outputs/multirun/sasrec_ml100k "${common[@]}" ;;&
