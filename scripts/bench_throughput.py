@@ -16,7 +16,8 @@ matter for speed). Columns:
   median over ``--repeats`` timed windows of ``--steps`` steps, with the spread (max - min);
 * ``epoch_s``: wall seconds of one real epoch (the sampler's shuffling and negative sampling
   included) and ``epoch_rate``, its samples per second: the end-to-end figure;
-* ``eval_s``: one full-ranking evaluation of every test user (median of the repeats);
+* ``eval_s``: one full-ranking evaluation of every test user (median of the repeats); skipped
+  (nan) at the large scale unless ``--eval-large``;
 * ``peak_MiB``: peak device memory (CUDA) or peak resident memory of the process (CPU, coarse);
 * ``sparse``: whether embedding tables used sparse gradients + SparseAdam (``train.sparse``).
 
@@ -173,7 +174,8 @@ def bench_one(
     float(total)
     epoch_s = time.perf_counter() - started
     eval_times = []
-    if not args.no_eval:
+    skip_eval = args.no_eval or (scale == "large" and not args.eval_large)
+    if not skip_eval:
         for _ in range(args.repeats):
             sync(device)
             started = time.perf_counter()
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation timing")
+    parser.add_argument("--eval-large", action="store_true",
+                        help="also time full ranking at the large scale (100k users x 1M items: minutes on a CPU)")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "throughput.csv"))
     args = parser.parse_args(argv)
     if args.threads:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding
@@ -85,8 +86,11 @@ class BloomEmbedding(CompressedEmbedding):
             raise ConfigError(f"method.init_std={knobs['init_std']} must be > 0, e.g. 0.01")
 
     def forward(self, ids: Tensor) -> Tensor:
-        vectors = self._lookup(self.mapping[ids], self.weight).mean(dim=-2)
-        return self._zero_padding(ids, vectors)
+        # One fused gather-and-average (EmbeddingBag, mode="mean"): 2.7x faster forward+backward
+        # on CPU than gathering (..., k, d) and averaging (scripts/bench_throughput.py).
+        buckets = self.mapping[ids].reshape(-1, self.num_hashes)
+        vectors = F.embedding_bag(buckets, self.weight, mode="mean", sparse=self.sparse_grad)
+        return self._zero_padding(ids, vectors.reshape(*ids.shape, self.embedding_dim))
 
     def full_table(self) -> Tensor:
         rows = self.weight[self.mapping[1:]].mean(dim=-2)
