@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from recbench.embeddings.base import CompressedEmbedding
 from recbench.embeddings.packing import MAX_BITS, pack_bits, unpack_bits
@@ -87,19 +88,23 @@ def _nearest_1d(queries: Tensor, centroids: Tensor) -> Tensor:
     """``nearest_codes`` for scalar subspaces: ``queries (B, D)``, ``centroids (D, K)`` -> ``(B, D)``.
 
     Candidates are the sorted neighbours of each query; among equal centroid values the lowest
-    original index is taken (the stable sort keeps equal values in index order and a left search
-    finds the first of them), so the result equals ``argmin`` of the distances, ties included.
+    original index is taken (the stable sort keeps equal values in index order, and ``first`` maps
+    each sorted position to the first position of its run of equal values), so the result equals
+    ``argmin`` of the distances, ties included. One ``searchsorted`` per call: it is the cost.
     """
     values, order = centroids.sort(dim=1, stable=True)
     values = values.contiguous()
+    num = values.shape[1]
+    positions = torch.arange(num, device=values.device).expand_as(values)
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]
+    first = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values
     q = queries.transpose(0, 1).contiguous()  # (D, B)
-    position = torch.searchsorted(values, q)  # first sorted value >= q
-    upper = position.clamp(max=values.shape[1] - 1)
-    value_upper = values.gather(1, upper)
-    value_lower = values.gather(1, (position - 1).clamp(min=0))
-    lower = torch.searchsorted(values, value_lower)  # first of the lower neighbour's equal values
-    dist_upper = (q - value_upper).pow(2)
-    dist_lower = (q - value_lower).pow(2)
+    position = torch.searchsorted(values, q)  # first sorted value >= q (the first of its run)
+    upper = position.clamp(max=num - 1)
+    lower = first.gather(1, (position - 1).clamp(min=0))
+    dist_upper = (q - values.gather(1, upper)).pow(2)
+    dist_lower = (q - values.gather(1, lower)).pow(2)
     index_upper, index_lower = order.gather(1, upper), order.gather(1, lower)
     take_lower = (dist_lower < dist_upper) | ((dist_lower == dist_upper) & (index_lower < index_upper))
     return torch.where(take_lower, index_lower, index_upper).transpose(0, 1)
@@ -111,11 +116,27 @@ def gather_centroids(centroids: Tensor, codes: Tensor) -> Tensor:
     return centroids[subspace.unsqueeze(0), codes]
 
 
-def vq_aux_sum(queries: Tensor, chosen: Tensor, beta: float) -> Tensor:
-    """Sum over coordinates of ``(c - sg(q))^2 + beta * (sg(c) - q)^2`` (codebook + commitment)."""
-    codebook = (chosen - queries.detach()).pow(2).sum()
-    commitment = (chosen.detach() - queries).pow(2).sum()
-    return codebook + beta * commitment
+def vq_aux_sum(queries: Tensor, chosen: Tensor, beta: float, weights: Tensor | None = None) -> Tensor:
+    """Sum over coordinates of ``(c - sg(q))^2 + beta * (sg(c) - q)^2`` (codebook + commitment).
+
+    ``weights`` (one per row) count how often each distinct row was looked up, so a batch reduced
+    to its distinct ids gives the same loss and gradients as the batch itself."""
+    codebook = (chosen - queries.detach()).pow(2)
+    commitment = (chosen.detach() - queries).pow(2)
+    per_row = (codebook + beta * commitment).reshape(codebook.shape[0], -1).sum(1)
+    if weights is not None:
+        per_row = per_row * weights.to(per_row.dtype)
+    return per_row.sum()
+
+
+def distinct_ids(flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sorted distinct ids of ``flat``, the index of each entry among them, and their counts.
+
+    Why: a training batch repeats ids (every positive and negative of a user, popular items), and a
+    code depends only on the id's query row, so DPQ and MGQE search and gather once per distinct id
+    and expand with one ``embedding`` lookup (5-12x fewer nearest-centroid searches on MovieLens
+    batches)."""
+    return torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
 
 
 def version_key(*tensors: Tensor) -> tuple[Any, ...] | None:
@@ -255,17 +276,17 @@ class DPQEmbedding(CompressedEmbedding):
         if not self.training:
             return self._served()[1][ids]
         flat = ids.reshape(-1)
-        queries = self.query(flat).view(-1, self.num_subspaces, self.subspace_dim)
+        unique, inverse, counts = distinct_ids(flat)
+        queries = self.query(unique).view(-1, self.num_subspaces, self.subspace_dim)
         codes = nearest_codes(queries, self.centroids)
         chosen = gather_centroids(self.centroids, codes)
         out = queries + (chosen - queries).detach()  # straight-through estimator
-        real = flat != 0
-        rows = int(real.sum())
-        if rows:
-            aux = vq_aux_sum(queries[real], chosen[real], self.beta)
-            self._add_aux(self.aux_weight * aux / (rows * self.embedding_dim))
-        out = self._zero_padding(flat, out.reshape(-1, self.embedding_dim))
-        return out.reshape(*ids.shape, self.embedding_dim)
+        weights = counts * (unique != 0)  # padding rows carry no loss
+        aux = vq_aux_sum(queries, chosen, self.beta, weights)
+        rows = weights.sum().clamp(min=1)
+        self._add_aux(self.aux_weight * aux / (rows * self.embedding_dim))
+        out = self._zero_padding(unique, out.reshape(-1, self.embedding_dim))
+        return F.embedding(inverse, out).reshape(*ids.shape, self.embedding_dim)
 
     def full_table(self) -> Tensor:
         """Eval: the served table. Training: a straight-through lookup of every id (with its aux)."""
@@ -294,6 +315,13 @@ class DPQEmbedding(CompressedEmbedding):
         centroids = tensors["centroids"].to(torch.float32)
         table = gather_centroids(centroids, codes.view(n, num_subspaces).to(centroids.device))
         return torch.cat([centroids.new_zeros(1, d), table.reshape(n, d)])
+
+    @classmethod
+    def codes_from_serving(cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Tensor:
+        """Codes of ids 1..n as an ``(n, D)`` int64 matrix, for comparing items by codes."""
+        n, num_subspaces = int(meta["num_embeddings"]) - 1, int(meta["num_subspaces"])
+        codes = unpack_bits(tensors["codes"], code_bits(int(meta["num_centroids"])), n * num_subspaces)
+        return codes.view(n, num_subspaces).to(torch.int64)
 
     # ------------------------------------------------------------ equal memory
     @classmethod

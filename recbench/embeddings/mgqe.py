@@ -13,9 +13,9 @@ rest) or explicit ``tier_sizes``. Head ids get more code capacity than tail ids.
 * ``unshared_d`` ("unshare, variable D"): a private table per tier with its own ``D_i`` (and
   ``K_i``). Serving bits ``sum_i (|V_i| D_i ceil(log2 K_i) + 32 K_i d)``.
 
-Lookups are batched per tier (paper section 4.3, Algorithm 1): a batch is split by tier with one
-mask, and each tier does one nearest-centroid search and one gather for all its ids; never a
-per-item loop. Training, the straight-through estimator, the auxiliary VQ loss (averaged over every
+Lookups are batched per tier (paper section 4.3, Algorithm 1): a batch is reduced to its sorted
+distinct ids, which split into one slice per tier, and each tier does one nearest-centroid search
+and one gather for all its ids; never a per-item loop. Training, the straight-through estimator, the auxiliary VQ loss (averaged over every
 looked-up coordinate of every tier), the eval-mode served table (cached until a parameter changes)
 and the initialisation follow ``recbench.embeddings.dpq``; see its docstring for why.
 """
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from recbench.embeddings.base import CompressedEmbedding
 from recbench.embeddings.dpq import (
@@ -37,6 +38,7 @@ from recbench.embeddings.dpq import (
     check_num_centroids,
     check_num_subspaces,
     code_bits,
+    distinct_ids,
     divisors_descending,
     gather_centroids,
     nearest_codes,
@@ -151,8 +153,9 @@ class MGQEmbedding(CompressedEmbedding):
         for size in self.tier_sizes:
             bounds.append(bounds[-1] + size)
         self.tier_starts, self.tier_ends = bounds[:-1], bounds[1:]
-        # Exclusive tier ends as a device-following tensor for batched tier assignment (not saved).
-        self.register_buffer("tier_ends_tensor", torch.tensor(self.tier_ends), persistent=False)
+        # Tier boundaries [start_0, end_0 = start_1, ..., end_last] as a device-following tensor, to
+        # slice the sorted distinct ids of a batch by tier (not saved).
+        self.register_buffer("tier_bounds_tensor", torch.tensor(bounds), persistent=False)
         if counts is not None and bool((self.counts[2:] > self.counts[1:-1]).any()):
             warnings.warn(
                 "MGQEmbedding: counts are not in descending order over ids 1..n, so the tiers "
@@ -277,29 +280,26 @@ class MGQEmbedding(CompressedEmbedding):
         if not self.training:
             return self._served()[1][ids]
         flat = ids.reshape(-1)
-        tier_of = torch.searchsorted(self.tier_ends_tensor, flat, right=True)  # padding (id 0) lands in tier 0
-        real = flat != 0
-        positions, values = [], []
-        aux = self.query.weight.new_zeros(())
-        for tier in range(self.num_tiers):
-            index = torch.nonzero(real & (tier_of == tier)).squeeze(1)
-            if index.numel() == 0:
-                continue
-            queries = self.query(flat[index])
-            _, chosen = self._tier_lookup(tier, queries)
-            grouped = queries.view_as(chosen)
-            values.append((grouped + (chosen - grouped).detach()).reshape(-1, self.embedding_dim))
-            positions.append(index)
-            aux = aux + vq_aux_sum(grouped, chosen, self.beta)
-        rows = sum(int(p.numel()) for p in positions)
-        if rows != int(real.sum()):
+        unique, inverse, counts = distinct_ids(flat)  # sorted, so each tier is one slice
+        if unique.numel() and (int(unique[0]) < 0 or int(unique[-1]) > self.num_ids):
             raise IndexError(
                 f"ids out of range for MGQEmbedding with {self.num_embeddings} ids (0..{self.num_ids})"
             )
-        out = self.query.weight.new_zeros(flat.numel(), self.embedding_dim)
-        if rows:
-            out = out.index_copy(0, torch.cat(positions), torch.cat(values))
-            self._add_aux(self.aux_weight * aux / (rows * self.embedding_dim))
+        bounds = torch.searchsorted(unique, self.tier_bounds_tensor).tolist()
+        parts = [self.query.weight.new_zeros(bounds[0], self.embedding_dim)]  # the padding id
+        aux = self.query.weight.new_zeros(())
+        for tier in range(self.num_tiers):
+            if bounds[tier + 1] == bounds[tier]:
+                continue
+            piece = slice(bounds[tier], bounds[tier + 1])
+            queries = self.query(unique[piece])
+            _, chosen = self._tier_lookup(tier, queries)
+            grouped = queries.view_as(chosen)
+            parts.append((grouped + (chosen - grouped).detach()).reshape(-1, self.embedding_dim))
+            aux = aux + vq_aux_sum(grouped, chosen, self.beta, counts[piece])
+        rows = counts[bounds[0] :].sum().clamp(min=1)
+        self._add_aux(self.aux_weight * aux / (rows * self.embedding_dim))
+        out = F.embedding(inverse, torch.cat(parts))
         return out.reshape(*ids.shape, self.embedding_dim)
 
     def full_table(self) -> Tensor:
@@ -341,6 +341,30 @@ class MGQEmbedding(CompressedEmbedding):
             rows.append(gather_centroids(centroids, codes.to(centroids.device)).reshape(size, d))
         first = tensors["centroids" if variant == "shared_k" else "centroids_0"]
         return torch.cat([first.new_zeros(1, d, dtype=torch.float32), *rows])
+
+    @classmethod
+    def codes_from_serving(cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Tensor:
+        """Codes of ids 1..n as one ``(n, max D_i)`` int64 matrix, for comparing items by codes.
+
+        ``shared_k``: the stored codes (one centroid table, so equal codes mean equal centroids).
+        Private tables (``unshared_*``): codes are offset by the centroids of earlier tiers, so two
+        ids of different tiers never share a code; a narrower tier's missing positions hold
+        distinct negative values that match nothing."""
+        variant = str(meta["variant"])
+        width = max(int(dd) for dd in meta["num_subspaces"])
+        parts, offset, row = [], 0, 0
+        for tier, (size, k, dd) in enumerate(
+            zip(meta["tier_sizes"], meta["num_centroids"], meta["num_subspaces"])
+        ):
+            size, k, dd = int(size), int(k), int(dd)
+            codes = unpack_bits(tensors[f"codes_{tier}"], code_bits(k), size * dd).view(size, dd)
+            codes = codes.to(torch.int64) + (0 if variant == "shared_k" else offset)
+            if dd < width:
+                filler = -1 - torch.arange(row * width, (row + size) * width, dtype=torch.int64)
+                codes = torch.cat([codes, filler.view(size, width)[:, dd:]], dim=1)
+            parts.append(codes)
+            offset, row = offset + k, row + size
+        return torch.cat(parts) if parts else torch.empty(0, width, dtype=torch.int64)
 
     # ------------------------------------------------------------ equal memory
     @classmethod

@@ -95,7 +95,7 @@ def test_lookup_is_batched_per_tier(monkeypatch: pytest.MonkeyPatch) -> None:
     ids[0, :2] = torch.tensor([1, 100])  # both tiers present
     layer(ids)
     assert len(calls) == 2  # one search per tier, not per item
-    assert sum(calls) == int((ids != 0).sum())
+    assert sum(calls) == len(set(ids[ids != 0].tolist()))  # once per distinct id
     calls.clear()
     ids = torch.tensor([[1, 2, 3], [4, 0, 20]])  # head ids only
     layer(ids)
@@ -268,3 +268,78 @@ def test_cuda_training_step_and_served_table_match_cpu(cls: type, knobs: dict) -
     # the matrix-product distances of wider subspaces may break a rare near-tie differently.
     exact = cls is ScalarQuantEmbedding or knobs.get("num_subspaces", 64) == 64
     assert differing <= (0 if exact else 3)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_distinct_id_lookup_equals_per_occurrence_training(variant: str) -> None:
+    """Searching once per distinct id must not change the loss or any gradient: the reference
+    straight-through lookup and aux loss below work row by row over every occurrence."""
+    layer = make(variant).train()
+    ids = torch.tensor([[3, 3, 0, 90], [3, 57, 90, 1], [0, 0, 57, 3]])
+    out = layer(ids)
+    weights = torch.randn_like(out)
+    loss = (out * weights).sum() + 3.0 * layer.aux_loss()
+    loss.backward()
+    got = [layer.query.weight.grad.clone()] + [c.grad.clone() for c in layer.centroids]
+    layer.zero_grad()
+
+    flat = ids.reshape(-1)
+    rows, aux = [], torch.zeros(())
+    for i in flat.tolist():
+        if i == 0:
+            rows.append(torch.zeros(layer.embedding_dim))
+            continue
+        tier = next(t for t, (a, b) in enumerate(zip(layer.tier_starts, layer.tier_ends)) if a <= i < b)
+        centroids = layer.tier_centroids(tier)
+        q = layer.query.weight[i].view(centroids.shape[0], -1)
+        codes = ((q.detach().unsqueeze(1) - centroids.detach()) ** 2).sum(-1).argmin(-1)
+        chosen = centroids[torch.arange(centroids.shape[0]), codes]
+        rows.append((q + (chosen - q).detach()).reshape(-1))
+        aux = aux + ((chosen - q.detach()) ** 2).sum() + 0.25 * ((chosen.detach() - q) ** 2).sum()
+    reference = torch.stack(rows).view_as(out)
+    torch.testing.assert_close(out, reference)
+    real = int((flat != 0).sum())
+    ((reference * weights).sum() + 3.0 * aux / (real * layer.embedding_dim)).backward()
+    expected = [layer.query.weight.grad] + [c.grad for c in layer.centroids]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_dpq_distinct_id_lookup_equals_per_occurrence_training() -> None:
+    layer = DPQEmbedding(51, 8, num_subspaces=4, num_centroids=6).train()
+    ids = torch.tensor([7, 7, 7, 0, 12, 50, 12, 7])
+    out = layer(ids)
+    (out.pow(2).sum() + layer.aux_loss()).backward()
+    got = (layer.query.weight.grad.clone(), layer.centroids.grad.clone())
+    layer.zero_grad()
+    q = layer.query.weight[ids].view(-1, 4, 2)
+    codes = ((q.detach().unsqueeze(2) - layer.centroids.detach()) ** 2).sum(-1).argmin(-1)
+    chosen = layer.centroids[torch.arange(4), codes]
+    real = (ids != 0).view(-1, 1, 1)
+    reference = ((q + (chosen - q).detach()) * real).view(-1, 8)
+    torch.testing.assert_close(out, reference)
+    aux = (((chosen - q.detach()) ** 2 + 0.25 * (chosen.detach() - q) ** 2) * real).sum() / (7 * 8)
+    (reference.pow(2).sum() + aux).backward()
+    torch.testing.assert_close(got[0], layer.query.weight.grad)
+    torch.testing.assert_close(got[1], layer.centroids.grad)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_codes_from_serving_compare_only_same_centroids(variant: str) -> None:
+    """Equal codes must mean the same centroid: shared_k gives the raw codes; private tables are
+    offset per tier; a narrower tier's missing positions never match anything."""
+    layer = make(variant).eval()
+    codes = MGQEmbedding.codes_from_serving(layer.serving_tensors(), layer.serving_meta())
+    per_tier = layer.codes()
+    width = max(layer.num_subspaces)
+    assert codes.shape == (100, width)
+    head, tail = codes[:20], codes[20:]
+    if variant == "shared_k":
+        assert torch.equal(codes, torch.cat(per_tier))
+    else:
+        assert torch.equal(head[:, : per_tier[0].shape[1]], per_tier[0])
+        assert torch.equal(tail[:, : per_tier[1].shape[1]], per_tier[1] + layer.num_centroids[0])
+        assert int(tail[:, : per_tier[1].shape[1]].min()) >= layer.num_centroids[0]
+    filler = codes[codes < 0]
+    assert filler.numel() == (80 * (width - layer.num_subspaces[1]) if variant == "unshared_d" else 0)
+    assert filler.unique().numel() == filler.numel()
