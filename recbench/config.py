@@ -28,6 +28,7 @@ class DatasetConfig:
     rating_range: list[float] | None = None
     rating_split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     loader: Any = MISSING
+    categories: Any = None  # item -> category names (e.g. genres), for the report's Figure 8
 
 
 @dataclass

@@ -212,7 +212,7 @@ def _train_and_evaluate(
     metrics.update(size.as_metrics())
     torch.save(model.state_dict(), run_dir / "model.pt")
     if cfg.eval.serving_artifact:
-        metrics.update(_export_serving(cfg, model, parts, run_dir, tracker))
+        metrics.update(_export_serving(cfg, model, data, parts, run_dir, tracker))
     metrics.update(
         {
             "fit/best_epoch": result.best_epoch,
@@ -245,7 +245,7 @@ def _train_and_evaluate(
 
 
 def _export_serving(
-    cfg: DictConfig, model: Recommender, parts: Any, run_dir: Path, tracker: Any
+    cfg: DictConfig, model: Recommender, data: PreparedData, parts: Any, run_dir: Path, tracker: Any
 ) -> dict[str, float]:
     """Write the serving artifact, check that it alone reproduces the scores, log it."""
     from recbench import serving
@@ -257,6 +257,7 @@ def _export_serving(
         folder,
         model_config=OmegaConf.to_container(cfg.model, resolve=True),
         contexts=serving.sample_contexts(parts.evaluator, model),
+        raw_ids=(data.users.raw, data.items.raw),
     )
     out = report.as_metrics()
     if (folder / serving.REFERENCE).is_file():

@@ -14,6 +14,9 @@ Layout of ``<run_dir>/serving/``:
   bytes, and the formula size next to the measured payload.
 * ``reference.safetensors`` — contexts of a sample of test users and the trained model's scores of
   every item for them (not part of the serving size): ``verify`` compares against it.
+* ``ids.npz`` — ``user_raw`` and ``item_raw``: the raw id of each table row (row ``i`` holds raw id
+  ``*_raw[i - 1]``; row 0 is padding). A server needs it to map requests to rows; like the papers,
+  the size accounting leaves it out (it is the same for every method).
 
 Loading (``load_model``) rebuilds the backbone with plain ``FullEmbedding`` layers whose tables are
 decoded from the artifact by each method's ``table_from_serving``, then loads the other parameters.
@@ -37,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
 from safetensors.torch import load_file, save_file
@@ -53,6 +57,7 @@ FOLDER = "serving"
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 REFERENCE = "reference.safetensors"
+IDS = "ids.npz"
 SAMPLE_USERS = 64
 TOLERANCE = 1e-6
 
@@ -100,11 +105,13 @@ def export(
     *,
     model_config: Mapping[str, Any],
     contexts: Tensor | None = None,
+    raw_ids: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ServingReport:
     """Write ``model`` (in eval mode) in its serving form to ``directory``; see the module docstring.
 
     ``model_config`` is the resolved ``model`` node of the run (a Hydra partial); ``contexts`` are
-    the model inputs of a sample of users whose scores are saved for ``verify``.
+    the model inputs of a sample of users whose scores are saved for ``verify``; ``raw_ids`` the
+    raw user and item ids of rows 1..n (written to ``ids.npz``).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -157,6 +164,8 @@ def export(
         contexts = contexts.to(_device(model))
         scores = model.score_all(contexts).float().cpu().contiguous()
         save_file({"contexts": contexts.cpu().contiguous(), "scores": scores}, str(directory / REFERENCE))
+    if raw_ids is not None:
+        np.savez(directory / IDS, user_raw=np.asarray(raw_ids[0]), item_raw=np.asarray(raw_ids[1]))
     model.train(was_training)
     return report
 
@@ -273,7 +282,35 @@ def export_run(run_dir: str | Path) -> ServingReport:
         run_dir / FOLDER,
         model_config=OmegaConf.to_container(cfg.model, resolve=True),
         contexts=sample_contexts(parts.evaluator, model),
+        raw_ids=(data.users.raw, data.items.raw),
     )
+
+
+def read_item_codes(directory: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Codes of every item layer of an artifact whose method stores codes (its class has
+    ``codes_from_serving``: DPQ, MGQE) as ``{layer: (n_items, positions)}``, and the raw item id
+    of each row. Empty when no item layer is quantised; a DataError when ``ids.npz`` is missing."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    decoders = {}
+    for name, layer in manifest["layers"].items():
+        decode = getattr(get_class(layer["class"]), "codes_from_serving", None)
+        if name.endswith("item_embedding") and decode is not None:
+            decoders[name] = (decode, layer["meta"])
+    if not decoders:
+        return {}, np.empty(0)
+    if not (directory / IDS).is_file():
+        raise DataError(
+            f"{directory / IDS} is missing (artifacts written before ids were stored); re-export "
+            f"with `python -m recbench.serving export {directory.parent}`"
+        )
+    tensors = load_file(str(directory / WEIGHTS))
+    codes = {}
+    for name, (decode, meta) in decoders.items():
+        mine = {k.removeprefix(name + "/"): v for k, v in tensors.items() if k.startswith(name + "/")}
+        codes[name] = decode(mine, meta).cpu().numpy()
+    with np.load(directory / IDS, allow_pickle=False) as ids:
+        return codes, ids["item_raw"]
 
 
 def main(argv: list[str] | None = None) -> int:

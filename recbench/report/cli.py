@@ -157,8 +157,9 @@ def write_tables(report: Report, out: Path) -> list[Path]:
 
 def write_plots(report: Report, source: FolderSource | MlflowSource, out: Path,
                 notes: list[str]) -> list[Path]:  # fmt: skip
-    """Quality-vs-size and training-loss figures per section x backbone. A figure that cannot be
-    drawn is noted and skipped: plots must never cost the tables."""
+    """Quality-vs-size and training-loss figures per section x backbone, and code-similarity
+    heatmaps of quantised item layers. A figure that cannot be drawn is noted and skipped: plots
+    must never cost the tables."""
     from recbench.report.plots import plot_quality_vs_size, plot_training_loss, slug
 
     paths: list[Path] = []
@@ -187,7 +188,20 @@ def write_plots(report: Report, source: FolderSource | MlflowSource, out: Path,
                 paths.append(plot_training_loss(mine, runs[mask], out / f"train_loss__{base}.png", title))
         except Exception as exc:  # noqa: BLE001
             notes.append(f"plot for {title} skipped ({type(exc).__name__}: {exc})")
+    paths += write_code_similarity(report, source, out, notes)
     return paths
+
+
+def write_code_similarity(report: Report, source: FolderSource | MlflowSource, out: Path,
+                          notes: list[str]) -> list[Path]:  # fmt: skip
+    """Figure 8 for every quantised group whose dataset has categories (recbench.report.codes)."""
+    from recbench.report.codes import code_similarity_plots, folder_resolver
+
+    resolve, cleanup = folder_resolver(source)
+    try:
+        return code_similarity_plots(report.finished, resolve, out, notes)
+    finally:
+        cleanup()
 
 
 def item_counts(dataset: str, overrides: Sequence[str] = ()) -> tuple:
