@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import recbench.config  # noqa: F401 - registers the structured schema that conf/config.yaml names
 from recbench.data.interactions import Interactions
 from recbench.data.prepared import PreparedData, prepare
 from recbench.errors import ConfigError, DataError

@@ -38,6 +38,38 @@ def test_negatives_never_hit_training_items() -> None:
     assert set(neg[200:].flatten().tolist()) == {2, 3, 4, 5}
 
 
+def reference_negatives(users, items, num_items, batch_users, k, seed):  # noqa: ANN001, ANN201
+    """Plain rejection sampling: redraw every seen pair, re-testing the whole batch each round."""
+    seen = set(zip(users.tolist(), items.tolist()))
+    g = torch.Generator().manual_seed(seed)
+    u = batch_users.unsqueeze(-1).expand(-1, k)
+    neg = torch.randint(1, num_items + 1, u.shape, generator=g)
+    while True:
+        bad = torch.tensor([(a, b) in seen for a, b in zip(u.flatten().tolist(), neg.flatten().tolist())])
+        bad = bad.view(u.shape)
+        if not bad.any():
+            return neg
+        neg[bad] = torch.randint(1, num_items + 1, (int(bad.sum()),), generator=g)
+
+
+@pytest.mark.parametrize("bitmap", [True, False])
+def test_negative_draws_equal_plain_rejection_sampling(bitmap: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both lookups (dense bitmap, sorted keys) and re-testing only redrawn pairs give exactly the
+    draws of plain rejection sampling from the same generator."""
+    if not bitmap:
+        monkeypatch.setattr(NegativeSampler, "BITMAP_LIMIT", 0)
+    g = torch.Generator().manual_seed(5)
+    users = torch.randint(1, 30, (400,), generator=g)
+    items = torch.randint(1, 12, (400,), generator=g)  # dense: many redraws
+    keep = torch.bincount(users, minlength=30)[users] < 11
+    users, items = users[keep], items[keep]
+    sampler = NegativeSampler(users, items, num_items=12, device=torch.device("cpu"))
+    assert (sampler.bitmap is not None) == bitmap and (sampler.keys is None) == bitmap
+    batch_users = users[torch.randperm(len(users), generator=g)[:150]]
+    got = sampler.sample(batch_users, 4, torch.Generator().manual_seed(9))
+    assert torch.equal(got, reference_negatives(users, items, 12, batch_users, 4, 9))
+
+
 class Fixed(torch.nn.Module):
     """score(context, items) = items as floats / 10."""
 
