@@ -288,7 +288,7 @@ def export_run(run_dir: str | Path) -> ServingReport:
 
 def read_item_codes(directory: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Codes of every item layer of an artifact whose method stores codes (its class has
-    ``codes_from_serving``: DPQ, MGQE) as ``{layer: (n_items, positions)}``, and the raw item id
+    ``codes_from_serving``: scalar quantisation, DPQ, MGQE) as ``{layer: (n_items, positions)}``, and the raw item id
     of each row. Empty when no item layer is quantised; a DataError when ``ids.npz`` is missing."""
     directory = Path(directory)
     manifest = read_manifest(directory)

@@ -175,6 +175,14 @@ class ScalarQuantEmbedding(CompressedEmbedding):
         codes = unpack_bits(tensors["codes"], int(meta["bits"]), n * d).reshape(n, d)
         return dequantize(codes, tensors["offset"], tensors["scale"], str(meta["granularity"]))
 
+    @classmethod
+    def codes_from_serving(cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Tensor:
+        """Quantisation levels of ids 1..n as an ``(n, d)`` int64 matrix (one code per dimension),
+        for comparing items by codes as the MGQE paper's Figure 8 does for SQ. With the per-column
+        scale equal levels mean equal values; with ``granularity=row`` they need not."""
+        n, d = int(meta["num_embeddings"]) - 1, int(meta["embedding_dim"])
+        return unpack_bits(tensors["codes"], int(meta["bits"]), n * d).reshape(n, d).to(torch.int64)
+
     # ------------------------------------------------------------ equal memory
     @classmethod
     def solve_budget(

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"do not log the report to the MLflow experiment '{REPORT_EXPERIMENT}'")
     parser.add_argument("--popularity", default=None, metavar="DATASET",
                         help="also plot the item popularity of a dataset config (conf/dataset/)")
+    parser.add_argument("--code-categories", default=None, metavar="A,B,...",
+                        help="categories of the code-similarity heatmaps (default: the 15 most "
+                             "frequent), e.g. the MGQE paper's Sci-Fi,Romance,Animation,Horror")
     parser.add_argument("--popularity-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for --popularity, e.g. dataset.root=/data")
     return parser
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     written = write_tables(report, out)
     notes: list[str] = []
     if not args.no_plots:
-        written += write_plots(report, source, out / "plots", notes)
+        written += write_plots(report, source, out / "plots", notes, args.code_categories)
     if args.popularity:
         written += write_popularity(args.popularity, args.popularity_override, out / "plots", notes)
 
@@ -156,7 +159,7 @@ def write_tables(report: Report, out: Path) -> list[Path]:
 
 
 def write_plots(report: Report, source: FolderSource | MlflowSource, out: Path,
-                notes: list[str]) -> list[Path]:  # fmt: skip
+                notes: list[str], code_categories: str | None = None) -> list[Path]:  # fmt: skip
     """Quality-vs-size and training-loss figures per section x backbone, and code-similarity
     heatmaps of quantised item layers. A figure that cannot be drawn is noted and skipped: plots
     must never cost the tables."""
@@ -188,18 +191,19 @@ def write_plots(report: Report, source: FolderSource | MlflowSource, out: Path,
                 paths.append(plot_training_loss(mine, runs[mask], out / f"train_loss__{base}.png", title))
         except Exception as exc:  # noqa: BLE001
             notes.append(f"plot for {title} skipped ({type(exc).__name__}: {exc})")
-    paths += write_code_similarity(report, source, out, notes)
+    paths += write_code_similarity(report, source, out, notes, code_categories)
     return paths
 
 
 def write_code_similarity(report: Report, source: FolderSource | MlflowSource, out: Path,
-                          notes: list[str]) -> list[Path]:  # fmt: skip
+                          notes: list[str], categories: str | None = None) -> list[Path]:  # fmt: skip
     """Figure 8 for every quantised group whose dataset has categories (recbench.report.codes)."""
     from recbench.report.codes import code_similarity_plots, folder_resolver
 
     resolve, cleanup = folder_resolver(source)
     try:
-        return code_similarity_plots(report.finished, resolve, out, notes)
+        labels = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+        return code_similarity_plots(report.finished, resolve, out, notes, labels)
     finally:
         cleanup()
 

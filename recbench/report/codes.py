@@ -1,7 +1,7 @@
 """Figure 8 of the MGQE paper: do items of one category share codes?
 
 For every group of finished runs (dataset x backbone x method setting) whose item layers store codes
-(DPQ, MGQE: their class has ``codes_from_serving``), the run with the lowest seed is read back from
+(scalar quantisation, DPQ, MGQE: their class has ``codes_from_serving``), the run with the lowest seed is read back from
 its serving artifact: the item codes and the raw item id of each row (``serving/ids.npz``). The
 dataset's ``categories`` node (``conf/dataset/*.yaml``, e.g. MovieLens genres) maps raw ids to
 categories; datasets without one are skipped. Each item layer gives one heatmap of the mean
@@ -50,9 +50,14 @@ def load_categories(config_path: Path) -> dict[Any, list[str]] | None:
 
 
 def code_similarity_plots(
-    runs: pd.DataFrame, run_folder: RunFolder, out: Path, notes: list[str]
+    runs: pd.DataFrame,
+    run_folder: RunFolder,
+    out: Path,
+    notes: list[str],
+    labels: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Heatmap + CSV per item layer of each quantised group's first-seed run; problems are notes."""
+    """Heatmap + CSV per item layer of each quantised group's first-seed run over the categories
+    ``labels`` (default: the 15 most frequent); problems are notes."""
     from recbench.report.plots import plot_code_similarity, slug
     from recbench.serving import FOLDER, read_item_codes
 
@@ -78,9 +83,9 @@ def code_similarity_plots(
                 base = slug(dataset, str(run["model"]), str(run["method"]), str(run.get("setting", "")), layer)
                 title = f"{label}: {layer} codes shared (seed {run['seed']})"
                 png = out / f"code_similarity__{base}.png"
-                matrix, labels = plot_code_similarity(matrix_codes, cats, png, title=title)
+                matrix, names = plot_code_similarity(matrix_codes, cats, png, title=title, labels=labels)
                 csv = out / f"code_similarity__{base}.csv"
-                pd.DataFrame(matrix, index=labels, columns=labels).to_csv(csv)
+                pd.DataFrame(matrix, index=names, columns=names).to_csv(csv)
                 paths += [png, csv]
                 notes.append(f"code similarity {label} {layer}: {similarity_summary(matrix)}")
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the tables

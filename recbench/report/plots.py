@@ -211,15 +211,23 @@ def plot_code_similarity(
     path: str | Path,
     max_categories: int = 15,
     title: str = "",
+    labels: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Heatmap of ``code_similarity_matrix`` over the ``max_categories`` most frequent categories
-    (Figure 8 style): a quantised embedding that learned the catalogue should share more codes
-    within a category (diagonal) than across. Returns the matrix and its labels."""
+    """Heatmap of ``code_similarity_matrix`` over ``labels`` (default: the ``max_categories`` most
+    frequent categories) (Figure 8 style): a quantised embedding that learned the catalogue should
+    share more codes within a category (diagonal) than across. Returns the matrix and its labels."""
     freq: dict[str, int] = {}
     for cats in categories:
         for c in set(cats):
             freq[c] = freq.get(c, 0) + 1
-    labels = sorted(freq, key=lambda c: (-freq[c], c))[:max_categories]
+    if labels:
+        unknown = [c for c in labels if c not in freq]
+        if unknown:
+            raise ValueError(f"no item has categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
+                             f"known: {', '.join(sorted(freq))}")  # fmt: skip
+        labels = list(labels)
+    else:
+        labels = sorted(freq, key=lambda c: (-freq[c], c))[:max_categories]
     matrix, labels = code_similarity_matrix(codes, categories, labels)
     side = 2.5 + 0.35 * len(labels)
     fig = _figure(side + 1.0, side)

@@ -94,6 +94,9 @@ def test_serving_form_rebuilds_table_exactly(bits: int, granularity: str) -> Non
     assert tensors["offset"].dtype == tensors["scale"].dtype == torch.float32
     rebuilt = ScalarQuantEmbedding.table_from_serving(tensors, layer.serving_meta())
     assert torch.equal(rebuilt, layer.full_table())
+    codes = ScalarQuantEmbedding.codes_from_serving(tensors, layer.serving_meta())
+    assert codes.shape == (123, 8) and int(codes.max()) < 2**bits
+    assert torch.equal(codes, layer.quantize().codes.to(torch.int64).reshape(123, 8))
 
 
 def test_serving_bits_hand_computed() -> None:

@@ -42,22 +42,25 @@ def write_ml_100k(root: Path, users: int = 40, items: int = 36, seed: int = 0) -
     return genres
 
 
-@pytest.mark.parametrize("method", ["dpq", "mgqe"])
+@pytest.mark.parametrize("method", ["dpq", "mgqe", "scalar_quant"])
 def test_code_similarity_heatmap_matches_pairwise_count(method: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     genres = write_ml_100k(tmp_path / "data")
     runs = tmp_path / "runs"
     cmd = [
         sys.executable, "-m", "recbench.run", "model=gmf", f"method={method}", "dataset=ml-100k",
-        f"dataset.root={tmp_path / 'data'}", "method.num_subspaces=8", "train.epochs=1",
+        f"dataset.root={tmp_path / 'data'}", "train.epochs=1",
         "train.progress=false", f"hydra.run.dir={runs / method}",
     ]  # fmt: skip
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    positions = 64 if method == "scalar_quant" else 8  # SQ: one code per dimension
     if method == "mgqe":  # recorded to MLflow; the report downloads the artifact
-        cmd += ["method.num_centroids=[16,4]", f"tracking.uri={store}",
+        cmd += ["method.num_subspaces=8", "method.num_centroids=[16,4]", f"tracking.uri={store}",
                 f"tracking.artifact_root={tmp_path / 'artifacts'}"]  # fmt: skip
-    else:  # run folders only
-        cmd += ["method.num_centroids=4", "tracking=none"]
+    elif method == "dpq":  # run folders only
+        cmd += ["method.num_subspaces=8", "method.num_centroids=4", "tracking=none"]
+    else:
+        cmd += ["method.bits=2", "tracking=none"]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     serving = runs / method / "serving"
@@ -72,17 +75,23 @@ def test_code_similarity_heatmap_matches_pairwise_count(method: str, tmp_path: P
         source = ["--uri", store, "--no-mlflow"]
     else:
         source = ["--runs-dir", str(runs)]
+    if method == "dpq":  # the paper's way: named categories only
+        source += ["--code-categories", f"{ML_100K_GENRES[2]},{ML_100K_GENRES[1]}"]
     assert main([*source, "--out", str(tmp_path / "reports"), "--name", "r"]) == 0
     plots = tmp_path / "reports" / "r" / "plots"
     (png,) = plots.glob("code_similarity__*item_embedding.png")
     assert png.read_bytes().startswith(b"\x89PNG")
     got = pd.read_csv(png.with_suffix(".csv"), index_col=0)
+    if method == "dpq":
+        assert list(got.index) == list(got.columns) == [ML_100K_GENRES[2], ML_100K_GENRES[1]]
+    else:
+        assert len(got) == 4  # every genre present in the written data
     assert "code similarity ml-100k / gmf" in capsys.readouterr().out
 
     # Independent count: items share position j when their served sub-vectors j are equal.
     model = load_model(serving)
     table = model.item_embedding.full_table().detach()[1:]
-    sub = table.view(len(item_raw), 8, -1)
+    sub = table.view(len(item_raw), positions, -1)
     cats = [genres[int(raw)] for raw in item_raw]
     for a, b in itertools.product(got.index, got.columns):
         total, pairs = 0.0, 0

@@ -220,6 +220,10 @@ def test_code_similarity_toy_structure_and_png(tmp_path: Path) -> None:
     assert (tmp_path / "sim.png").read_bytes().startswith(PNG)
     with pytest.raises(ValueError, match="category lists"):
         code_similarity_matrix(codes, cats[:2])
+    chosen, labels = plot_code_similarity(codes, cats, tmp_path / "y.png", labels=["y"])
+    assert labels == ["y"] and chosen.tolist() == [[1.0]]
+    with pytest.raises(ValueError, match=r"no item has category \['z'\]; known: x, y"):
+        plot_code_similarity(codes, cats, tmp_path / "z.png", labels=["z"])
 
 
 def test_item_popularity_png(tmp_path: Path) -> None:
