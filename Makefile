@@ -44,7 +44,7 @@ reproduce-small: $(STAMP) ## reduced mgqe_table3 (ml-100k if RECBENCH_DATA has i
 	@if [ -f "$${RECBENCH_DATA:-data}/ml-100k/u.data" ]; then DS=ml-100k; else DS=synthetic; \
 	  echo "ml-100k not found under $${RECBENCH_DATA:-data}: using the synthetic dataset"; fi; \
 	$(PY) -m recbench.run -m +experiment=mgqe_table3_small dataset=$$DS train.progress=false $(ARGS) && \
-	$(PY) -m recbench.report --experiment mgqe_table3_small --name mgqe_table3_small
+	$(PY) -m recbench.report --experiment mgqe_table3_small --name mgqe_table3_small --popularity $$DS
 
 bench: $(STAMP) ## training/evaluation throughput table (scripts/bench_throughput.py; ARGS="--help")
 	$(PY) scripts/bench_throughput.py $(ARGS)

@@ -286,17 +286,23 @@ def export_run(run_dir: str | Path) -> ServingReport:
     )
 
 
-def read_item_codes(directory: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Codes of every item layer of an artifact whose method stores codes (its class has
-    ``codes_from_serving``: scalar quantisation, DPQ, MGQE) as ``{layer: (n_items, positions)}``, and the raw item id
-    of each row. Empty when no item layer is quantised; a DataError when ``ids.npz`` is missing."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    decoders = {}
-    for name, layer in manifest["layers"].items():
+def code_layers(manifest: Mapping[str, Any]) -> dict[str, tuple[Any, Mapping[str, Any]]]:
+    """The item layers of an artifact whose method stores codes (its class has
+    ``codes_from_serving``: scalar quantisation, DPQ, MGQE): ``{layer: (decoder, meta)}``."""
+    found = {}
+    for name, layer in manifest.get("layers", {}).items():
         decode = getattr(get_class(layer["class"]), "codes_from_serving", None)
         if name.endswith("item_embedding") and decode is not None:
-            decoders[name] = (decode, layer["meta"])
+            found[name] = (decode, layer["meta"])
+    return found
+
+
+def read_item_codes(directory: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Codes of every item layer in ``code_layers`` as ``{layer: (n_items, positions)}``, and the
+    raw item id of each row. Empty when no item layer stores codes; a DataError when ``ids.npz`` is
+    missing."""
+    directory = Path(directory)
+    decoders = code_layers(read_manifest(directory))
     if not decoders:
         return {}, np.empty(0)
     if not (directory / IDS).is_file():

@@ -1,8 +1,9 @@
 """Figure 8 of the MGQE paper: do items of one category share codes?
 
-For every group of finished runs (dataset x backbone x method setting) whose item layers store codes
-(scalar quantisation, DPQ, MGQE: their class has ``codes_from_serving``), the run with the lowest seed is read back from
-its serving artifact: the item codes and the raw item id of each row (``serving/ids.npz``). The
+For every group of finished runs (dataset x backbone x method setting) whose item layers store
+codes (``recbench.serving.code_layers``: scalar quantisation, DPQ, MGQE), the run with the lowest
+seed is read back from its serving artifact: the item codes and the raw item id of each row
+(``serving/ids.npz``). The
 dataset's ``categories`` node (``conf/dataset/*.yaml``, e.g. MovieLens genres) maps raw ids to
 categories; datasets without one are skipped. Each item layer gives one heatmap of the mean
 fraction of code positions shared by two items of categories A and B (``code_similarity_matrix``)
@@ -78,7 +79,7 @@ def code_similarity_plots(
             genres = categories_of[dataset]
             if genres is None:
                 continue
-            cats = [genres.get(raw.item() if hasattr(raw, "item") else raw, []) for raw in item_raw]
+            cats = [genres.get(raw, []) for raw in item_raw.tolist()]
             for layer, matrix_codes in codes.items():
                 base = slug(dataset, str(run["model"]), str(run["method"]), str(run.get("setting", "")), layer)
                 title = f"{label}: {layer} codes shared (seed {run['seed']})"
@@ -100,22 +101,14 @@ def similarity_summary(matrix: np.ndarray) -> str:
     return f"within-category {diagonal:.4f}, across {np.nanmean(off):.4f}"
 
 
-def stores_codes(manifest: Mapping[str, Any]) -> bool:
-    """Whether an artifact's item layers store codes (their class has ``codes_from_serving``)."""
-    from hydra.utils import get_class
-
-    return any(
-        name.endswith("item_embedding") and hasattr(get_class(layer["class"]), "codes_from_serving")
-        for name, layer in manifest.get("layers", {}).items()
-    )
-
-
 def folder_resolver(source: Any) -> tuple[RunFolder, Callable[[], None]]:
     """A function giving a run's local folder (its ``run_dir`` when it exists here, else for an
     MLflow store the logged ``serving`` artifacts and ``config.yaml`` downloaded to a temporary
     folder, only when the manifest shows codes), and a cleanup callback."""
     import json
     import os
+
+    from recbench.serving import code_layers
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tmp = tempfile.TemporaryDirectory(prefix="recbench-report-")
@@ -132,15 +125,10 @@ def folder_resolver(source: Any) -> tuple[RunFolder, Callable[[], None]]:
             return None
         target = Path(tmp.name) / run_id
         manifest = client.download_artifacts(run_id, "serving/manifest.json", str(target))
-        if not stores_codes(json.loads(Path(manifest).read_text())):
+        if not code_layers(json.loads(Path(manifest).read_text())):
             return None
         for artifact in ("serving", "config.yaml"):
             client.download_artifacts(run_id, artifact, str(target))
         return target
 
     return resolve, tmp.cleanup
-
-
-__all__: Sequence[str] = (
-    "code_similarity_plots", "first_seed_runs", "folder_resolver", "load_categories", "stores_codes",
-)
