@@ -36,6 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,24 +123,50 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_one(
-    data: PreparedData, scale: str, model_name: str, method: str, sparse: bool, args: argparse.Namespace
-) -> Row:
+@dataclass
+class Case:
+    """A model ready to train on real batches, built exactly as ``recbench.run`` builds it."""
+
+    model: torch.nn.Module
+    parts: Any
+    loss_fn: Any
+    optimizer: Any
+    generator: torch.Generator
+    device: torch.device
+
+
+def setup_case(
+    data: PreparedData, model_name: str, method: str, batch_size: int, sparse: bool, device_name: str
+) -> Case:
+    """Model, task (sampler + evaluator), loss, optimizer and generator for one benchmark case
+    (shared with ``profile_step.py``); SASRec trains with the paper's ``bce`` loss."""
     from recbench.run import build_model
     from recbench.tasks import build_task
     from recbench.training import resolve_device
 
-    device = resolve_device(args.device)
-    batch_size = args.batch_size if model_name != "sasrec" else args.seq_batch_size
-    cfg = compose(model_name, method, batch_size, sparse, args.device)
+    device = resolve_device(device_name)
+    cfg = compose(model_name, method, batch_size, sparse, device_name)
     if model_name == "sasrec":
         cfg.train.loss = "bce"
     torch.manual_seed(0)
     model = build_model(cfg, data).to(device)
-    parts = build_task(data, cfg, device)
-    loss_fn = LOSSES[cfg.train.loss]
-    optimizer = make_optimizer(model, cfg.train.lr, 0.0, sparse)
-    generator = torch.Generator(device=device).manual_seed(0)
+    return Case(
+        model=model,
+        parts=build_task(data, cfg, device),
+        loss_fn=LOSSES[cfg.train.loss],
+        optimizer=make_optimizer(model, cfg.train.lr, 0.0, sparse),
+        generator=torch.Generator(device=device).manual_seed(0),
+        device=device,
+    )
+
+
+def bench_one(
+    data: PreparedData, scale: str, model_name: str, method: str, sparse: bool, args: argparse.Namespace
+) -> Row:
+    batch_size = args.batch_size if model_name != "sasrec" else args.seq_batch_size
+    case = setup_case(data, model_name, method, batch_size, sparse, args.device)
+    model, parts, loss_fn, optimizer = case.model, case.parts, case.loss_fn, case.optimizer
+    generator, device = case.generator, case.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT.parent))
 import bench_throughput as bench  # noqa: E402
 
 from recbench.data.prepared import prepare  # noqa: E402
-from recbench.training import LOSSES, flush_denormals, make_optimizer  # noqa: E402
+from recbench.training import flush_denormals  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,22 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from recbench.run import build_model
-    from recbench.tasks import build_task
-    from recbench.training import resolve_device
-
-    device = resolve_device(args.device)
-    cfg = bench.compose(args.model, args.method, args.batch_size, False, args.device)
-    if args.model == "sasrec":
-        cfg.train.loss = "bce"
     task = "sequential" if args.model == "sasrec" else "ranking"
     data = prepare(bench.synthetic(args.scale), task, seed=0)
-    torch.manual_seed(0)
-    model = build_model(cfg, data).to(device)
-    parts = build_task(data, cfg, device)
-    loss_fn = LOSSES[cfg.train.loss]
-    optimizer = make_optimizer(model, cfg.train.lr, 0.0, False)
-    generator = torch.Generator(device=device).manual_seed(0)
+    case = bench.setup_case(data, args.model, args.method, args.batch_size, False, args.device)
+    model, parts, loss_fn, optimizer = case.model, case.parts, case.loss_fn, case.optimizer
+    generator, device = case.generator, case.device
 
     def batches():  # noqa: ANN202 - endless stream of real batches
         while True:
