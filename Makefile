@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint format mlflow-ui bench reproduce-small clean
+.PHONY: help install run test test-slow lint format mlflow-ui bench bench-crossover reproduce-small clean
 
 help: ## list the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ reproduce-small: $(STAMP) ## reduced mgqe_table3 (ml-100k if RECBENCH_DATA has i
 
 bench: $(STAMP) ## training/evaluation throughput table (scripts/bench_throughput.py; ARGS="--help")
 	$(PY) scripts/bench_throughput.py $(ARGS)
+
+bench-crossover: $(STAMP) ## dense vs sparse embedding updates across vocabulary sizes (scripts/bench_sparse_crossover.py)
+	$(PY) scripts/bench_sparse_crossover.py $(ARGS)
 
 clean: ## remove caches and everything under outputs/ (keeps .venv)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

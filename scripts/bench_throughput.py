@@ -81,8 +81,12 @@ class Row:
 
 
 def synthetic(scale: str, seed: int = 0) -> Interactions:
+    """One of the fixed ``SCALES``."""
+    return synthetic_sized(*SCALES[scale], seed=seed, name=f"bench-{scale}")
+
+
+def synthetic_sized(users: int, items: int, events: int, seed: int = 0, name: str = "bench") -> Interactions:
     """Uniform users, Zipf(1) items, increasing timestamps; at least 3 events per user."""
-    users, items, events = SCALES[scale]
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, items + 1)
     weights /= weights.sum()
@@ -94,7 +98,7 @@ def synthetic(scale: str, seed: int = 0) -> Interactions:
         user=user.astype(np.int64),
         item=item.astype(np.int64),
         timestamp=np.arange(len(user), dtype=np.int64),
-        name=f"bench-{scale}",
+        name=name,
     )
 
 
