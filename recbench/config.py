@@ -46,6 +46,7 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     sparse: bool = False
+    compile: bool = False
 
 
 @dataclass

@@ -198,6 +198,7 @@ def _train_and_evaluate(
         seed=cfg.seed,
         progress=cfg.train.progress,
         sparse=cfg.train.sparse,
+        compile=cfg.train.compile,
     )
 
     eval_started = time.perf_counter()

@@ -21,7 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: Keys that do not change what a run computes, left out of the config hash.
-_HASH_EXCLUDED = ("tracking", "dataset.categories", "train.progress", "eval.batch_size", "eval.serving_artifact", "force")
+_HASH_EXCLUDED = ("tracking", "dataset.categories", "train.progress", "train.compile", "eval.batch_size", "eval.serving_artifact", "force")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -344,16 +344,18 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     sparse: bool = False,
+    compile: bool = False,
 ) -> FitResult:
     """Train ``model`` for up to ``epochs`` epochs.
 
     After each epoch ``validate()`` (if given) returns validation metrics; ``monitor`` names the
     one used for early stopping (``patience`` epochs without improvement; 0 = never stop early) and
-    for choosing the weights restored at the end.
+    for choosing the weights restored at the end. ``compile`` runs the loss (the model's forward
+    and, through AOTAutograd, its backward) under ``torch.compile``; the optimizer stays eager.
     """
     from tqdm.auto import tqdm
 
-    loss_fn = LOSSES[loss]
+    loss_fn = torch.compile(LOSSES[loss]) if compile else LOSSES[loss]
     device = next(model.parameters()).device
     flush_denormals()
     generator = torch.Generator(device=device)

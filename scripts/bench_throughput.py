@@ -21,6 +21,9 @@ matter for speed). Columns:
 * ``peak_MiB``: peak device memory (CUDA) or peak resident memory of the process (CPU, coarse);
 * ``sparse``: whether embedding tables used sparse gradients + SparseAdam (``train.sparse``).
 
+``--compile`` wraps each step's loss in ``torch.compile`` (``train.compile=true``); the warm-up then
+first trains one untimed epoch so that both batch shapes of an epoch are compiled before timing.
+
 Run ``python scripts/bench_throughput.py --help``; results go to the terminal and to CSV under
 ``outputs/bench/``. The default suite finishes in a few minutes on 2 CPU cores.
 """
@@ -140,10 +143,17 @@ class Case:
 
 
 def setup_case(
-    data: PreparedData, model_name: str, method: str, batch_size: int, sparse: bool, device_name: str
+    data: PreparedData,
+    model_name: str,
+    method: str,
+    batch_size: int,
+    sparse: bool,
+    device_name: str,
+    compile_loss: bool = False,
 ) -> Case:
     """Model, task (sampler + evaluator), loss, optimizer and generator for one benchmark case
-    (shared with ``profile_step.py``); SASRec trains with the paper's ``bce`` loss."""
+    (shared with ``profile_step.py``); SASRec trains with the paper's ``bce`` loss;
+    ``compile_loss`` wraps the loss in ``torch.compile`` as ``train.compile=true`` does."""
     from recbench.run import build_model
     from recbench.tasks import build_task
     from recbench.training import resolve_device
@@ -157,7 +167,7 @@ def setup_case(
     return Case(
         model=model,
         parts=build_task(data, cfg, device),
-        loss_fn=LOSSES[cfg.train.loss],
+        loss_fn=torch.compile(LOSSES[cfg.train.loss]) if compile_loss else LOSSES[cfg.train.loss],
         optimizer=make_optimizer(model, cfg.train.lr, 0.0, sparse),
         generator=torch.Generator(device=device).manual_seed(0),
         device=device,
@@ -168,7 +178,7 @@ def bench_one(
     data: PreparedData, scale: str, model_name: str, method: str, sparse: bool, args: argparse.Namespace
 ) -> Row:
     batch_size = args.batch_size if model_name != "sasrec" else args.seq_batch_size
-    case = setup_case(data, model_name, method, batch_size, sparse, args.device)
+    case = setup_case(data, model_name, method, batch_size, sparse, args.device, getattr(args, "compile", False))
     model, parts, loss_fn, optimizer = case.model, case.parts, case.loss_fn, case.optimizer
     generator, device = case.generator, case.device
     if device.type == "cuda":
@@ -181,6 +191,9 @@ def bench_one(
     flush_denormals()  # as fit() does
     stream = batches()
     model.train()
+    if getattr(args, "compile", False):  # compile for both batch sizes of an epoch (the last is short)
+        for batch in parts.sampler.epoch(generator):
+            train_step(model, batch, loss_fn, optimizer)
     for _ in range(args.warmup):
         train_step(model, next(stream), loss_fn, optimizer)
     sync(device)
@@ -259,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation timing")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each step's loss (train.compile=true); compiling happens in the warm-up")  # fmt: skip
     parser.add_argument("--eval-large", action="store_true",
                         help="also time full ranking at the large scale (100k users x 1M items: minutes on a CPU)")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "throughput.csv"))
@@ -282,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not (ROOT / "conf" / "model" / f"{model}.yaml").is_file():
             parser.error(f"unknown model {model!r} or methods {unknown}; see conf/model and conf/method")
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}", flush=True)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
+          f"compile {'on' if args.compile else 'off'}", flush=True)  # fmt: skip
     rows: list[Row] = []
     cache: dict[tuple[str, str], PreparedData] = {}
     for scale, model, methods, modes in suite:

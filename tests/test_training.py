@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -259,3 +260,24 @@ def test_ce_loss_ignores_padded_positions() -> None:
                   mask=torch.tensor([[False, True]]))  # fmt: skip
     expected = -math.log(math.exp(3) / (math.exp(3) + math.exp(1) + math.exp(0)))
     assert ce_loss(Logits(), batch).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+def test_compiled_loss_trains_like_the_eager_one() -> None:
+    """train.compile=true changes how the step runs, not what it computes (slow: compiling
+    takes tens of seconds on CPU)."""
+    data = small_ranking_data()
+
+    def train_once(compile_loss: bool) -> tuple[list[float], torch.Tensor]:
+        torch.manual_seed(0)
+        model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
+        result = fit(model, PairSampler(data, 2, 64, torch.device("cpu")), loss="bce", epochs=3,
+                     lr=0.05, seed=3, progress=False, compile=compile_loss)  # fmt: skip
+        return [row["train/loss"] for row in result.history], model.item_embedding.full_table().detach()
+
+    eager_losses, eager_table = train_once(False)
+    compiled_losses, compiled_table = train_once(True)
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert eager_losses[-1] < eager_losses[0]  # it trained
+    torch.testing.assert_close(compiled_table, eager_table, rtol=1e-3, atol=1e-4)
