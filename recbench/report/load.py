@@ -264,7 +264,9 @@ class FolderSource:
             params = _folder_params(run_dir)
             tags = {k: v for k, v in record.items() if isinstance(v, (str, int, float))}
             tags.setdefault("run_dir", str(run_dir))
-            if experiments and _none_text(tags.get("experiment")) not in experiments:
+            # run folders record the preset as `preset` (older ones as `experiment`)
+            preset = tags.get("preset") or tags.get("experiment")
+            if experiments and _none_text(preset) not in experiments:
                 continue
             if not all(_clause_holds(c, tags, params) for c in clauses):
                 continue

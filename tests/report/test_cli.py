@@ -231,7 +231,8 @@ def test_runs_dir_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         run = root / f"{i}_gmf_{method}_s{i}"
         run.mkdir(parents=True)
         ident = {"dataset": "toy", "model": "gmf", "method": method, "user_method": "",
-                 "task": "ranking", "seed": str(i), "loss": "bce", "config_hash": f"h{i}"}
+                 "task": "ranking", "seed": str(i), "loss": "bce", "config_hash": f"h{i}",
+                 "preset": "p1"}
         if hr is None:
             record = {"status": "FAILED", "error": "ValueError: bad", **ident}
         else:
@@ -253,3 +254,8 @@ def test_runs_dir_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     stdout = capsys.readouterr().out
     assert "logged to MLflow" not in stdout  # run folders: MLflow is off unless --uri is given
     assert "1 not finished (1 FAILED)" in stdout
+    # --experiment selects run folders by the preset they ran under
+    reports = str(tmp_path / "reports")
+    assert main(["--runs-dir", str(root), "--out", reports, "--experiment", "p1", "--name", "p"]) == 0
+    assert main(["--runs-dir", str(root), "--out", reports, "--experiment", "p2", "--name", "q"]) == 2
+    assert "no runs match in experiment(s) p2" in capsys.readouterr().err
