@@ -314,6 +314,11 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
+def loss_function(loss: str, compile: bool = False) -> Callable[[Recommender, Batch], Tensor]:
+    """The step's loss by name, under ``torch.compile`` when ``compile`` (``train.compile``)."""
+    return torch.compile(LOSSES[loss]) if compile else LOSSES[loss]
+
+
 def train_step(
     model: Recommender,
     batch: Batch,
@@ -355,7 +360,7 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    loss_fn = torch.compile(LOSSES[loss]) if compile else LOSSES[loss]
+    loss_fn = loss_function(loss, compile)
     device = next(model.parameters()).device
     flush_denormals()
     generator = torch.Generator(device=device)

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from recbench.data.interactions import Interactions  # noqa: E402
 from recbench.data.prepared import PreparedData, prepare  # noqa: E402
-from recbench.training import LOSSES, flush_denormals, make_optimizer, train_step  # noqa: E402
+from recbench.training import flush_denormals, loss_function, make_optimizer, train_step  # noqa: E402
 
 SCALES = {
     "ml1m": (6_040, 3_706, 1_000_209),
@@ -167,7 +167,7 @@ def setup_case(
     return Case(
         model=model,
         parts=build_task(data, cfg, device),
-        loss_fn=torch.compile(LOSSES[cfg.train.loss]) if compile_loss else LOSSES[cfg.train.loss],
+        loss_fn=loss_function(cfg.train.loss, compile_loss),
         optimizer=make_optimizer(model, cfg.train.lr, 0.0, sparse),
         generator=torch.Generator(device=device).manual_seed(0),
         device=device,

@@ -35,6 +35,16 @@ def shared_file(relative: str) -> Path:
     return path
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off in train mode (masks differ across devices and dtypes), the attention's
+    ``dropout_p`` attribute included."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = 0.0
+
+
 def assert_grads_close(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> None:
     """Per-parameter gradients agree to 1e-3 of their own scale, the scale floored at 1e-4 of the
     largest gradient in the model.

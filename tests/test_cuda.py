@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from recbench.run import build_model, load_data
 from recbench.tasks import build_task
 from recbench.training import LOSSES, fit, make_optimizer, train_step
-from tests.conftest import CONF, assert_grads_close, method_names
+from tests.conftest import CONF, assert_grads_close, disable_dropout, method_names
 
 pytestmark = [
     pytest.mark.cuda,
@@ -48,12 +48,7 @@ def check(overrides: list[str]) -> None:
     gpu_batch = type(batch)(**{k: (v.to(GPU) if torch.is_tensor(v) else v) for k, v in vars(batch).items()})
     model.train(), on_gpu.train()
     torch.manual_seed(3)  # dropout masks differ across devices; compare with dropout off
-    for m in (model, on_gpu):
-        for module in m.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-            if isinstance(getattr(module, "dropout", None), float):  # attention dropout_p
-                module.dropout = 0.0
+    disable_dropout(model), disable_dropout(on_gpu)
     loss_fn = LOSSES[cfg.train.loss]
     grads = []
     for m, b in ((model, batch), (on_gpu, gpu_batch)):

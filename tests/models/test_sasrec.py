@@ -22,7 +22,7 @@ from recbench.models.sasrec import SASRec
 from recbench.sequential import SequenceContext, SequenceSampler
 from recbench.size import model_size
 from recbench.training import PairSampler, fit
-from tests.conftest import assert_grads_close, method_names
+from tests.conftest import assert_grads_close, disable_dropout, method_names
 from tests.models.helpers import build_with_method, tiny_info
 
 N_ITEMS = 40
@@ -189,11 +189,7 @@ def test_sasrec_learns_a_sequential_pattern_that_gmf_cannot() -> None:
 def sasrec_grads(model: SASRec, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Gradients of a fixed loss for a copy of `model` in `dtype` (dropout off)."""
     copy = copy_module.deepcopy(model).to(dtype).train()
-    for module in copy.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        elif isinstance(getattr(module, "dropout", None), float):
-            module.dropout = 0.0  # the attention's own dropout probability
+    disable_dropout(copy)
     seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8]])
     items = torch.randint(1, N_ITEMS + 1, (2, 8, 3), generator=torch.Generator().manual_seed(0))
     copy.score(seq, items).sigmoid().log().mean().neg().backward()
