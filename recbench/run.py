@@ -33,7 +33,7 @@ from recbench.errors import RecbenchError
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size
 from recbench.tasks import build_task
-from recbench.tracking import config_hash, flatten, make_tracker
+from recbench.tracking import cell_hash, config_hash, flatten, make_tracker
 from recbench.training import fit, resolve_device
 
 log = logging.getLogger("recbench")
@@ -111,6 +111,7 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
         "preset": str(cfg.get("preset") or ""),
         "budget": "" if cfg.method.get("budget") is None else str(cfg.method.budget),
         "config_hash": config_hash(resolved),
+        "cell_hash": cell_hash(resolved),
     }
 
 

@@ -47,6 +47,50 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+#: Also left out of a report cell's key: the seed (a cell pools seeds) and the preset's name (a
+#: label; the settings a preset makes are in the config itself).
+CELL_EXCLUDED = (*_HASH_EXCLUDED, "seed", "preset")
+#: What a ``*.hash_seed`` equal to the run's seed becomes in a cell key: "follows the seed".
+FOLLOWS_SEED = "${seed}"
+
+
+def param_text(value: Any) -> str:
+    """A config value as MLflow params and the report record it: lists/dicts as JSON, None as
+    ``""``, everything else ``str()`` (truncated as params are)."""
+    text = _param_value(value)
+    return "" if text in ("None", "null") else text
+
+
+def is_hash_seed(key: str) -> bool:
+    """``method.hash_seed``, ``user_method.hash_seed``: the seeds of hash functions."""
+    return key.rsplit(".", 1)[-1] == "hash_seed"
+
+
+def cell_config(flat: Mapping[str, Any]) -> dict[str, str]:
+    """The part of a flattened config that decides which runs are seeds of one result: every key
+    but ``CELL_EXCLUDED``, as text (so MLflow params and config.yaml give the same dict)."""
+    return {
+        k: param_text(v)
+        for k, v in flat.items()
+        if not any(k == x or k.startswith(x + ".") for x in CELL_EXCLUDED)
+    }
+
+
+def digest(values: Mapping[str, str]) -> str:
+    """16 hex digits of the sha256 of a text dict (sorted JSON)."""
+    return hashlib.sha256(json.dumps(dict(values), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cell_hash(resolved: Mapping[str, Any]) -> str:
+    """Hash of the resolved config without the seed and bookkeeping keys: runs with equal
+    ``cell_hash`` differ only in their seed, so a report may pool them (recbench.report.cells).
+    A ``hash_seed`` equal to the seed counts as following it."""
+    flat = flatten(resolved)
+    seed = param_text(flat.get("seed"))
+    cfg = cell_config(flat)
+    return digest({k: FOLLOWS_SEED if is_hash_seed(k) and v == seed else v for k, v in cfg.items()})
+
+
 class NullTracker:
     """Records nothing (``tracking=none``); the run folder still gets metrics.json."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from recbench.report.load import REPORT_EXPERIMENT, FolderSource, MlflowSource, ReportError
+from recbench.report.stats import DEFAULT_MARGIN
 from recbench.report.tables import (
     SECTION_KEYS,
     Report,
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "report-NAME (default: the experiments' names, or 'all')")
     parser.add_argument("--out", default="outputs/reports", metavar="DIR",
                         help="where report folders go (default outputs/reports)")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, metavar="FRACTION",
+                        help="non-inferiority margin of the `*` mark ('reaches full'), as a "
+                             f"fraction of the full model's mean (default {DEFAULT_MARGIN:g})")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
     parser.add_argument("--no-mlflow", action="store_true",
                         help=f"do not log the report to the MLflow experiment '{REPORT_EXPERIMENT}'")
@@ -81,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not 0 <= args.margin < 1:
+            raise ReportError(
+                f"--margin {args.margin:g} is not a fraction in [0, 1); pass e.g. --margin 0.01 "
+                "(1 % of the full model's mean)"
+            )
         return run(args)
     except ReportError as exc:
         print(f"recbench report: error: {exc}", file=sys.stderr, flush=True)
@@ -102,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) / name
     out.mkdir(parents=True, exist_ok=True)
 
-    report = make_report(runs)
+    report = make_report(runs, args.margin)
     written = write_tables(report, out)
     notes: list[str] = []
     if not args.no_plots:
@@ -139,7 +148,7 @@ def write_tables(report: Report, out: Path) -> list[Path]:
     """table.md/.tex/.csv (paper layout), aggregate.csv (one row per group, every summary
     metric), runs.csv (the runs that went in) and failed.csv (those that did not finish)."""
     files = {
-        "table.md": to_markdown(report.tables),
+        "table.md": to_markdown(report.tables, [*report.warnings, *report.notes]),
         "table.tex": to_latex(report.tables),
     }
     paths = []
@@ -283,14 +292,23 @@ def log_report(uri: str, name: str, out: Path, args: argparse.Namespace, report:
 
 def print_summary(report: Report, source: str, out: Path, written: Sequence[Path], logged: str,
                   notes: Sequence[str]) -> None:  # fmt: skip
-    """What went in, the tables, what failed, where everything went."""
+    """What went in (per state), the tables, what did not finish, cells not pooled, code-version
+    warnings, where everything went."""
     n_fail = len(report.unfinished)
     statuses = report.unfinished["status"].value_counts().to_dict() if n_fail else {}
     status_text = ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
+    skipped = []
+    if report.skipped:
+        skipped.append(f"{report.skipped} SKIPPED (same as a run above, not counted again)")
+    if report.skipped_stood_in:
+        skipped.append(f"{report.skipped_stood_in} SKIPPED standing in for the finished run they "
+                       "duplicate (not loaded here)")
     lines = [
-        f"recbench report: {len(report.runs)} runs from {source}: {len(report.finished)} finished"
+        f"recbench report: {len(report.runs) + report.skipped} runs from {source}: "
+        f"{len(report.finished)} finished"
         + (f" ({report.duplicates} duplicate re-runs dropped)" if report.duplicates else "")
-        + (f", {n_fail} not finished ({status_text})" if n_fail else ""),
+        + (f", {n_fail} not finished ({status_text})" if n_fail else "")
+        + "".join(f", {s}" for s in skipped),
         "",
         to_markdown(report.tables).rstrip(),
     ]
@@ -304,6 +322,10 @@ def print_summary(report: Report, source: str, out: Path, written: Sequence[Path
             )
         if n_fail > 10:
             lines.append(f"  ... and {n_fail - 10} more")
+    if report.notes:
+        lines += ["", "not pooled (different settings; separate rows):"]
+        lines += [f"  {n}" for n in report.notes]
+    lines += [f"warning: {w}" for w in report.warnings]
     lines += ["", f"wrote {len(written)} files to {out}/"]
     if logged:
         lines.append(f"logged to MLflow experiment '{REPORT_EXPERIMENT}', run report-{out.name} ({logged})")

@@ -4,7 +4,9 @@ Why two sources with one shape: MLflow is the normal record, but ``tracking=none
 folders copied off a cluster only have ``metrics.json``. Both loaders return the same columns
 (``COLUMNS`` plus one column per metric, named as logged, e.g. ``test/hr_at_10``), so tables and
 plots never care where a run came from. Tags that older runs lack (``experiment``, ``budget``,
-``eval_protocol``) are filled from the run's config, so old and new runs aggregate together.
+``eval_protocol``) are filled from the run's config, so old and new runs aggregate together; the
+``config`` column keeps the part of the recorded config that decides which runs pool as seeds
+(``recbench.report.cells``), so runs recorded before the ``cell_hash`` tag are told apart too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from recbench.errors import RecbenchError
-from recbench.tracking import _absolute_sqlite_uri, flatten
+from recbench.tracking import _absolute_sqlite_uri, cell_config, flatten
 
 #: MLflow experiment that holds the reports themselves; never read back as benchmark runs.
 REPORT_EXPERIMENT = "recbench-reports"
@@ -27,11 +29,16 @@ REPORT_EXPERIMENT = "recbench-reports"
 #: Run tags written by ``recbench.run`` (``experiment`` = preset name, not the MLflow experiment).
 IDENTITY = (
     "dataset", "model", "method", "user_method", "task", "seed", "loss", "config_hash", "run_dir",
-    "experiment", "budget", "eval_protocol",
+    "experiment", "budget", "eval_protocol", "cell_hash", "code_version", "git_commit", "git_dirty",
 )  # fmt: skip
 #: Columns every loader returns besides the metrics. ``knobs`` is the method's config as sorted
-#: JSON (hashable, comparable); ``store_experiment`` is the MLflow experiment (or folder) name.
-COLUMNS = ("run_id", "run_name", "store_experiment", "status", "error", "start_time", *IDENTITY, "knobs")
+#: JSON (hashable, comparable); ``store_experiment`` is the MLflow experiment (or folder) name;
+#: ``config`` the recorded config minus seed and bookkeeping keys as sorted JSON ("" if none was
+#: recorded); ``same_as`` the run a SKIPPED run folder duplicates (its run id, else its folder).
+COLUMNS = (
+    "run_id", "run_name", "store_experiment", "status", "error", "start_time", *IDENTITY, "knobs",
+    "config", "same_as",
+)  # fmt: skip
 
 #: Config keys of a method node that are Hydra's or the size budget, not knobs.
 _NOT_KNOBS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "budget")
@@ -107,6 +114,8 @@ def make_row(
     row["budget"] = row["budget"] or _none_text(params.get("method.budget"))
     row["eval_protocol"] = eval_protocol_of(tags, params)
     row["knobs"] = knobs_of(params)
+    row["config"] = json.dumps(cell_config(params), sort_keys=True) if params else ""
+    row["same_as"] = ""
     for key, value in metrics.items():
         try:
             row[key] = float(value)
@@ -270,13 +279,18 @@ class FolderSource:
                 continue
             if not all(_clause_holds(c, tags, params) for c in clauses):
                 continue
-            rows.append(
-                make_row(
-                    run_id, run_dir.name, self.root.name, str(record.get("status", "FINISHED")),
-                    pd.Timestamp(path.stat().st_mtime, unit="s"), tags, params,
-                    record.get("metrics") or {},
-                )  # fmt: skip
-            )
+            status = str(record.get("status", "FINISHED"))
+            metrics = record.get("metrics") or {}
+            same_as = record.get("same_as")
+            if status == "SKIPPED" and isinstance(same_as, dict):  # the finished twin's numbers
+                metrics = same_as.get("metrics") or {}
+            row = make_row(
+                run_id, run_dir.name, self.root.name, status,
+                pd.Timestamp(path.stat().st_mtime, unit="s"), tags, params, metrics,
+            )  # fmt: skip
+            if isinstance(same_as, dict):
+                row["same_as"] = _none_text(same_as.get("run_id")) or _none_text(same_as.get("run_dir"))
+            rows.append(row)
         return to_frame(rows)
 
     def history(self, run_ids: Iterable[str], key: str = "train/loss") -> pd.DataFrame:

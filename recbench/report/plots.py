@@ -48,7 +48,9 @@ def slug(*parts: str) -> str:
 
 def _method_label(rec: pd.Series) -> str:
     loss = rec.get("_loss", "")
-    return row_label(rec["method"], rec["user_method"], "", loss if isinstance(loss, str) else "")
+    variant = rec.get("variant", "")
+    return row_label(rec["method"], rec["user_method"], "", loss if isinstance(loss, str) else "",
+                     variant if isinstance(variant, str) else "")  # fmt: skip
 
 
 def plot_quality_vs_size(
@@ -100,18 +102,19 @@ def plot_training_loss(
     ±std band, so a method that trains slower or less stably shows it."""
     fig = _figure(5.0, 3.4)
     ax = fig.subplots()
-    info = runs.set_index("run_id")
-    merged = history.join(info[["method", "user_method", "setting"]], on="run_id", how="inner")
+    info = runs.assign(variant=runs["variant"] if "variant" in runs else "")
+    info = info.drop_duplicates("run_id").set_index("run_id")
+    merged = history.join(info[["method", "user_method", "setting", "variant"]], on="run_id", how="inner")
     if merged.empty:
         ax.text(0.5, 0.5, "no per-epoch training loss recorded", ha="center", va="center")
-    for (method, user_method, setting), rows in merged.groupby(
-        ["method", "user_method", "setting"], sort=True
+    for (method, user_method, setting, variant), rows in merged.groupby(
+        ["method", "user_method", "setting", "variant"], sort=True
     ):
         curve = rows.groupby("epoch")["value"].agg(["mean", "std"]).sort_index()
         epochs = curve.index.to_numpy()
         style = {"color": "black", "linestyle": "--"} if method == FULL else {}
         (line,) = ax.plot(
-            epochs, curve["mean"], label=row_label(method, user_method, setting, ""), **style
+            epochs, curve["mean"], label=row_label(method, user_method, setting, "", variant), **style
         )
         std = curve["std"].fillna(0).to_numpy()
         ax.fill_between(

@@ -1,14 +1,37 @@
 """Aggregation over seeds and the paper-style tables (Markdown, LaTeX, CSV): pure functions.
 
 Why pure functions on DataFrames: the numbers in a paper table must be checkable by hand; keeping
-every step (labelling, de-duplicating, aggregating, marking, formatting) free of I/O lets the tests
-feed hand-made frames and compare with hand-computed means and standard deviations.
+every step (labelling, resolving skips, de-duplicating, forming cells, aggregating, testing,
+formatting) free of I/O lets the tests feed hand-made frames and compare with hand computations.
 
 Layout: one table per (dataset, evaluation protocol, task kind); rows = methods (with their size
 setting); a column group per backbone with HR@10, NDCG@10 (or RMSE, MAE for rating runs), the
-model size in % of the full-embedding model, and the number of seeds. "mean ± std" uses the sample
-standard deviation (ddof=1) over seeds. A compressed method's cell is marked (``*`` / ``\\dag``)
-where its mean reaches the full model's mean for that backbone: >= for HR/NDCG, <= for RMSE/MAE.
+model size in % of the full-embedding model, and the number of seeds.
+
+What is pooled: a table cell averages the runs of one *cell* (``recbench.report.cells``): runs whose
+recorded configurations are identical except for the seed (and keys that cannot change a result).
+Runs with the same labels but other settings (``train.epochs``, ``train.lr``, ...) become separate
+rows whose label names the differing settings, and the report lists them in its notes. A seed that
+appears twice in a cell (a re-run) counts once (the latest run). A cell that mixes code versions
+(tags ``code_version``, ``git_commit``, ``git_dirty``) is pooled but warned about.
+
+Numbers: mean ± sample standard deviation (ddof = 1) over the n seeds, and a 95 % Student-t
+confidence interval of the mean, mean ± t(0.975, n-1)·s/sqrt(n) (none for n = 1).
+
+Marks: a compressed cell is compared with the full-embedding cell of the same dataset, protocol,
+backbone, loss and the same settings apart from the method's own keys, over the seeds both have
+(``recbench.report.stats``: paired t-test on per-seed differences, at least 3 paired seeds, else no
+test and no mark):
+
+* ``**`` (LaTeX ``\\ddag``) "beats full": the mean is better and the two-sided paired p < 0.05;
+* ``*`` (LaTeX ``\\dag``) "reaches full": shown to be no worse than the full model by more than the
+  margin δ (default 1 % of the full model's mean over the paired seeds): one-sided paired
+  non-inferiority t-test, p < 0.05.
+
+No mark means "not shown", never "equal": a non-significant difference over 3 noisy seeds is not
+evidence that two methods are equivalent. The CSV keeps the p-values (two-sided, non-inferiority,
+Wilcoxon signed-rank) and the verdict (``beats``, ``reaches``, ``worse``, ``inconclusive``,
+``too few pairs``, ``no reference``) of every compressed cell.
 """
 
 from __future__ import annotations
@@ -22,16 +45,33 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from recbench.report.cells import assign_cells
+from recbench.report.stats import (
+    ALPHA,
+    BEATS,
+    DEFAULT_MARGIN,
+    MIN_PAIRS,
+    REACHES,
+    compare_paired,
+    summarize,
+)
+
 #: A table per section; its rows per row key; its column groups per model.
 SECTION_KEYS = ("dataset", "eval_protocol", "task_kind")
-ROW_KEYS = ("method", "user_method", "setting", "loss")
+ROW_KEYS = ("method", "user_method", "setting", "loss", "variant")
 GROUP_KEYS = (*SECTION_KEYS, "model", *ROW_KEYS)
+#: The labels a cell must share with the runs pooled into it (``variant`` comes from the cells).
+LABEL_KEYS = tuple(k for k in GROUP_KEYS if k != "variant")
 SIZE = "size/fraction_of_full"
 FULL = "full"
-MARK_MD = "*"
-MARK_TEX = r"\dag"
-#: Tolerance for "reaches": means computed from equal values must compare equal.
-_EPS = 1e-12
+MARK_MD = {REACHES: "*", BEATS: "**"}
+MARK_TEX = {REACHES: r"\dag", BEATS: r"\ddag"}
+NO_REFERENCE = "no reference"
+#: Per-metric statistics columns of ``aggregate`` (``<metric> <stat>``).
+STATS = ("n", "mean", "std", "ci_low", "ci_high")
+#: Per-metric comparison columns added by ``compare_with_full``.
+COMPARISON = ("full", "n_paired", "diff", "p_value", "p_noninferior", "p_wilcoxon", "verdict",
+              "reaches_full", "beats_full")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,10 +111,41 @@ def metric_specs(kind: str, columns: Sequence[str]) -> list[MetricSpec]:
 
 
 def split_status(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(FINISHED runs, all others: FAILED, KILLED, still RUNNING). Only finished runs have final
-    metrics; the others are counted and listed, never averaged."""
+    """(FINISHED runs, all others: FAILED, KILLED, LOST, still RUNNING, unresolved SKIPPED, ...).
+    Only finished runs have final metrics; the others are counted per state, never averaged."""
     done = runs["status"] == "FINISHED"
     return runs[done].copy(), runs[~done].copy()
+
+
+def resolve_skipped(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """A SKIPPED run folder is a pointer to the FINISHED run with the same configuration (its
+    ``same_as``): dropped when that run is among the loaded ones (same run id or folder, or same
+    ``config_hash``), else it stands for it (status FINISHED with the twin's recorded metrics).
+    Without a twin's metrics it stays SKIPPED. Returns (runs, dropped, stood in)."""
+    if runs.empty or not (runs["status"] == "SKIPPED").any():
+        return runs, 0, 0
+    out = runs.copy()
+    finished = out[out["status"] == "FINISHED"]
+    known_ids = set(finished["run_id"].astype(str))
+    known_dirs = {_norm_path(d) for d in finished.get("run_dir", pd.Series(dtype=str)).fillna("") if d}
+    known_hashes = {h for h in finished["config_hash"].fillna("").astype(str) if h}
+    metric_cols = [c for c in out.columns if str(c).startswith("test/")]
+    drop, stood = [], 0
+    for i in out.index[out["status"] == "SKIPPED"]:
+        same_as = str(out.at[i, "same_as"] or "") if "same_as" in out else ""
+        config = str(out.at[i, "config_hash"] or "")
+        if (same_as and (same_as in known_ids or _norm_path(same_as) in known_dirs)) or (
+            config in known_hashes
+        ):
+            drop.append(i)
+        elif metric_cols and out.loc[i, metric_cols].notna().any():
+            out.at[i, "status"] = "FINISHED"
+            stood += 1
+    return out.drop(index=drop), len(drop), stood
+
+
+def _norm_path(text: str) -> str:
+    return re.sub(r"/+$", "", str(text))
 
 
 def drop_duplicates(finished: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -89,17 +160,31 @@ def drop_duplicates(finished: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return out, len(finished) - len(out)
 
 
+def drop_seed_duplicates(members: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Within a cell, one run per seed (the latest): runs with equal cells and seeds repeat the
+    same experiment (e.g. recorded under two presets), so both would weigh one seed double. Runs
+    without a recorded config (cell "") are left alone: nothing says they repeat each other."""
+    if members.empty:
+        return members, 0
+    keyed = members[members["cell"] != ""].sort_values("start_time", kind="stable")
+    kept = keyed.drop_duplicates([*GROUP_KEYS, "cell", "seed"], keep="last")
+    out = pd.concat([kept, members[members["cell"] == ""]]).sort_index()
+    return out, len(members) - len(out)
+
+
 def add_labels(runs: pd.DataFrame) -> pd.DataFrame:
     """Add ``task_kind`` and ``setting`` (what distinguishes runs of one method: the budget tag, or
     else the knobs that take more than one value among that method's runs), and fill blanks so
-    that grouping never drops rows with missing keys."""
+    that grouping never drops rows with missing keys. ``variant`` starts empty (see ``cells``)."""
     out = runs.copy()
-    for key in ("dataset", "model", "method", "user_method", "loss", "eval_protocol", "budget"):
+    for key in ("dataset", "model", "method", "user_method", "loss", "eval_protocol", "budget",
+                "config", "cell_hash", "same_as", "config_hash"):  # fmt: skip
         if key not in out:
             out[key] = ""
         out[key] = out[key].fillna("").astype(str)
     out["eval_protocol"] = out["eval_protocol"].replace("", "full")
     out["task_kind"] = out["task"].fillna("").map(task_kind) if "task" in out else "ranking"
+    out["variant"] = ""
     knobs = out["knobs"].fillna("{}") if "knobs" in out else pd.Series("{}", index=out.index)
     parsed = knobs.map(json.loads)
     varying: dict[str, list[str]] = {}
@@ -130,6 +215,18 @@ def _number(text: str) -> str:
         return text
 
 
+def code_identity(run: pd.Series) -> str:
+    """``<code_version>@<git_commit[:12]>[+dirty]`` from a run's tags; "" when neither is recorded."""
+    version = str(run.get("code_version") or "").strip()
+    commit = str(run.get("git_commit") or "").strip()
+    if version in ("", "nan") and commit in ("", "nan"):
+        return ""
+    dirty = str(run.get("git_dirty") or "").strip().lower() in ("true", "1", "yes")
+    return f"{version if version != 'nan' else '?'}@{commit[:12] if commit != 'nan' else '?'}" + (
+        "+dirty" if dirty else ""
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Aggregation
 
@@ -142,77 +239,152 @@ def summary_metrics(columns: Sequence[str]) -> list[str]:
     return sorted(c for c in columns if str(c).startswith(keep))
 
 
+def _where(rec: pd.Series | dict) -> str:
+    keys = ("dataset", "eval_protocol", "model", "method", "user_method", "setting", "loss", "variant")
+    return " / ".join(str(rec[k]) for k in keys if str(rec.get(k, "")) not in ("", "full") or k == "method")
+
+
 def aggregate(
     finished: pd.DataFrame, unfinished: pd.DataFrame | None = None, metrics: Sequence[str] = ()
 ) -> pd.DataFrame:
-    """One row per ``GROUP_KEYS`` group: ``n`` finished runs, ``n_failed`` others, and for each
-    metric column ``<metric> mean`` and ``<metric> std`` (sample std, NaN for a single seed).
+    """One row per cell (``GROUP_KEYS`` + ``cell``): ``n`` finished runs, the unfinished ones per
+    state (``n_failed`` = FAILED, ``n_unfinished`` = all, ``unfinished`` = "1 failed, 1 running"),
+    and for each metric ``<metric> n|mean|std|ci_low|ci_high`` (``stats.summarize``); also the
+    cell's ``settings``, ``ref_key``, finished ``seeds`` and ``code`` identities.
 
-    Both frames must have gone through ``add_labels``. Groups with only failed runs get a row with
-    n = 0 and NaN metrics, so a table shows that a combination was tried and failed."""
-    keys = list(GROUP_KEYS)
+    Both frames must have gone through ``add_labels`` (a ``cell`` column is added as "" where
+    missing, i.e. pooled by labels). Cells with only unfinished runs get a row with n = 0 and NaN
+    metrics, so a table shows that a combination was tried and did not finish."""
+    keys = [*GROUP_KEYS, "cell"]
     metrics = list(metrics) or summary_metrics(finished.columns)
-    frames: list[pd.DataFrame | pd.Series] = []
+    records: dict[tuple, dict] = {}
+
+    def record(key: tuple, block: pd.DataFrame) -> dict:
+        if key not in records:
+            rec = dict(zip(keys, key))
+            rec.update(n=0, n_failed=0, n_unfinished=0, unfinished="", seeds="[]", code="",
+                       settings=str(block["settings"].iloc[0]) if "settings" in block else "",
+                       ref_key=str(block["ref_key"].iloc[0]) if "ref_key" in block else "")  # fmt: skip
+            for metric in metrics:
+                rec.update({f"{metric} {s}": (0 if s == "n" else math.nan) for s in STATS})
+            records[key] = rec
+        return records[key]
+
+    for frame in (finished, unfinished):
+        if frame is not None and not frame.empty and "cell" not in frame:
+            frame["cell"] = ""
     if not finished.empty:
-        grouped = finished.groupby(keys, sort=True, dropna=False)
-        frames.append(grouped.size().rename("n"))
-        if metrics:
-            stats = grouped[metrics].agg(["mean", "std"])
-            stats.columns = [f"{metric} {stat}" for metric, stat in stats.columns]
-            frames.append(stats)
+        for key, block in finished.groupby(keys, sort=True, dropna=False):
+            rec = record(key, block)
+            rec["n"] = len(block)
+            seeds = sorted(block["seed"].astype(str), key=lambda s: (len(s), s))
+            rec["seeds"] = json.dumps(seeds)
+            ids = block.apply(code_identity, axis=1) if len(block) else pd.Series(dtype=str)
+            known = sorted(set(ids[ids != ""]))
+            unknown = int((ids == "").sum())
+            rec["code"] = "; ".join(known + ([f"unrecorded x{unknown}"] if known and unknown else []))
+            for metric in metrics:
+                if metric in block:
+                    s = summarize(block[metric].astype(float).tolist())
+                    rec.update({f"{metric} {k}": getattr(s, k) for k in STATS})
     if unfinished is not None and not unfinished.empty:
-        frames.append(unfinished.groupby(keys, sort=True, dropna=False).size().rename("n_failed"))
-    if not frames:
-        return pd.DataFrame(columns=[*keys, "n", "n_failed"])
-    table = pd.concat(frames, axis=1).sort_index()
-    if "n" not in table:
-        table["n"] = 0
-    if "n_failed" not in table:
-        table["n_failed"] = 0
-    table["n"] = table["n"].fillna(0).astype(int)
-    table["n_failed"] = table["n_failed"].fillna(0).astype(int)
-    return table.reset_index()
+        for key, block in unfinished.groupby(keys, sort=True, dropna=False):
+            rec = record(key, block)
+            counts = block["status"].astype(str).value_counts()
+            rec["n_failed"] = int(counts.get("FAILED", 0))
+            rec["n_unfinished"] = int(counts.sum())
+            rec["unfinished"] = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    if not records:
+        return pd.DataFrame(columns=[*keys, "n", "n_failed", "n_unfinished"])
+    table = pd.DataFrame([records[k] for k in sorted(records)])
+    for column in ("n", "n_failed", "n_unfinished"):
+        table[column] = table[column].astype(int)
+    return table.reset_index(drop=True)
 
 
-def mark_reaches_full(agg: pd.DataFrame, specs_for: dict[str, list[MetricSpec]]) -> pd.DataFrame:
-    """Add ``<metric> full`` (the full model's mean for the same section and backbone) and
-    ``<metric> reaches_full`` (True where a compressed method's mean is at least as good).
+def per_seed_values(finished: pd.DataFrame, metrics: Sequence[str]) -> dict[tuple, dict[str, dict[str, float]]]:
+    """(``GROUP_KEYS`` + cell) -> metric -> seed -> value: what the paired tests pair."""
+    out: dict[tuple, dict[str, dict[str, float]]] = {}
+    if finished.empty:
+        return out
+    keys = [*GROUP_KEYS, "cell"]
+    for key, block in finished.groupby(keys, sort=False, dropna=False):
+        out[key] = {
+            m: {str(s): float(v) for s, v in zip(block["seed"], block[m]) if not pd.isna(v)}
+            for m in metrics if m in block
+        }  # fmt: skip
+    return out
 
-    The reference is the ``full`` row with the same loss when there is one, else the full row with
-    the most runs; ``specs_for`` maps a task kind to its metrics."""
+
+def compare_with_full(
+    agg: pd.DataFrame,
+    values: dict[tuple, dict[str, dict[str, float]]],
+    specs_for: dict[str, list[MetricSpec]],
+    margin: float = DEFAULT_MARGIN,
+) -> pd.DataFrame:
+    """Add, per quality metric, the comparison with the full model (``COMPARISON`` columns):
+    ``<metric> full`` (the reference cell's mean), ``n_paired``, ``diff`` (mean per-seed
+    difference, compressed - full), ``p_value``, ``p_noninferior``, ``p_wilcoxon``, ``verdict``
+    and the booleans ``reaches_full`` / ``beats_full`` that the marks show.
+
+    The reference is a full-embedding cell (``method`` and ``user_method`` full) of the same
+    section, backbone and loss with the same ``ref_key`` (the config without the method's keys);
+    among several, the one sharing the most seeds. ``values`` comes from ``per_seed_values``."""
     out = agg.copy()
     quality = sorted(
         {s.column for specs in specs_for.values() for s in specs if s.higher_is_better is not None}
     )
-    better = {
-        s.column: s.higher_is_better for specs in specs_for.values() for s in specs
-    }
+    better = {s.column: s.higher_is_better for specs in specs_for.values() for s in specs}
     for column in quality:
-        out[f"{column} full"] = np.nan
-        out[f"{column} reaches_full"] = False
+        for stat in COMPARISON:
+            out[f"{column} {stat}"] = (
+                False if stat in ("reaches_full", "beats_full") else "" if stat == "verdict"
+                else 0 if stat == "n_paired" else np.nan
+            )  # fmt: skip
     if out.empty:
         return out
+    keys = [*GROUP_KEYS, "cell"]
     is_full = (out["method"] == FULL) & out["user_method"].isin(["", FULL]) & (out["n"] > 0)
-    for _, idx in out.groupby([*SECTION_KEYS, "model"], sort=False).groups.items():
-        block = out.loc[idx]
-        refs = block[is_full.loc[idx]]
-        if refs.empty:
-            continue
+    for _, idx in out.groupby([*SECTION_KEYS, "model", "loss"], sort=False).groups.items():
+        refs = [i for i in idx if is_full.at[i]]
         for i in idx:
-            same_loss = refs[refs["loss"] == out.at[i, "loss"]]
-            ref = (same_loss if not same_loss.empty else refs).sort_values("n").iloc[-1]
+            if is_full.at[i] or out.at[i, "n"] == 0:
+                continue
+            mine = values.get(tuple(out.loc[i, keys]), {})
+            candidates = [r for r in refs if out.at[r, "ref_key"] == out.at[i, "ref_key"]]
             for column in quality:
-                mean_col = f"{column} mean"
-                if mean_col not in out:
+                if f"{column} mean" not in out or pd.isna(out.at[i, f"{column} mean"]):
                     continue
-                full_mean = ref.get(mean_col, np.nan)
-                out.at[i, f"{column} full"] = full_mean
-                mean = out.at[i, mean_col]
-                if is_full.at[i] or pd.isna(mean) or pd.isna(full_mean):
+                if not candidates:
+                    out.at[i, f"{column} verdict"] = NO_REFERENCE
                     continue
-                hit = mean >= full_mean - _EPS if better[column] else mean <= full_mean + _EPS
-                out.at[i, f"{column} reaches_full"] = bool(hit)
+                own = mine.get(column, {})
+                ref_values = {r: values.get(tuple(out.loc[r, keys]), {}).get(column, {}) for r in candidates}
+                ref = max(candidates, key=lambda r: (len(set(own) & set(ref_values[r])), out.at[r, "n"]))
+                result = compare_paired(own, ref_values[ref], bool(better[column]), margin)
+                out.at[i, f"{column} full"] = out.at[ref, f"{column} mean"]
+                out.at[i, f"{column} n_paired"] = result.n_pairs
+                out.at[i, f"{column} diff"] = result.diff
+                out.at[i, f"{column} p_value"] = result.p_value
+                out.at[i, f"{column} p_noninferior"] = result.p_noninferior
+                out.at[i, f"{column} p_wilcoxon"] = result.p_wilcoxon
+                out.at[i, f"{column} verdict"] = result.verdict
+                out.at[i, f"{column} reaches_full"] = result.mark in (REACHES, BEATS)
+                out.at[i, f"{column} beats_full"] = result.mark == BEATS
     return out
+
+
+def cell_warnings(agg: pd.DataFrame) -> list[str]:
+    """One line per cell that pools runs of several code versions (or recorded and unrecorded)."""
+    lines = []
+    for _, rec in agg.iterrows():
+        code = str(rec.get("code", ""))
+        if ";" in code:
+            lines.append(
+                f"{_where(rec)}: the {rec['n']} runs pooled come from different code ({code}); "
+                "rerun them on one commit or select one with --filter \"tags.git_commit = '...'\""
+            )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,9 +393,18 @@ def mark_reaches_full(agg: pd.DataFrame, specs_for: dict[str, list[MetricSpec]])
 
 @dataclass
 class Cell:
+    """One formatted number: mean ± std [CI] and the mark (``beats``/``reaches``/"")."""
+
     mean: float
     std: float
-    mark: bool = False
+    mark: str = ""
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    p_value: float = math.nan
+    p_noninferior: float = math.nan
+    n: int = 0
+    n_paired: int = 0
+    verdict: str = ""
 
 
 @dataclass
@@ -235,7 +416,9 @@ class PaperTable:
     specs: list[MetricSpec]
     rows: list[dict[str, str]]  # row keys + "label"
     cells: dict[tuple[int, str, str], Cell] = field(default_factory=dict)  # (row, model, label)
-    counts: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)  # n, n_failed
+    counts: dict[tuple[int, str], tuple[int, str, int, int]] = field(default_factory=dict)
+    settings: dict[tuple[int, str], str] = field(default_factory=dict)  # (row, model) -> settings
+    margin: float = DEFAULT_MARGIN
 
     @property
     def title(self) -> str:
@@ -243,16 +426,18 @@ class PaperTable:
         return f"{s['dataset']} — {s['task_kind']}, {s['eval_protocol']} evaluation"
 
 
-def row_label(method: str, user_method: str, setting: str, loss: str) -> str:
-    """``dpq (users=full, budget=0.25, loss=bpr)``: the method and what sets its row apart."""
+def row_label(method: str, user_method: str, setting: str, loss: str, variant: str = "") -> str:
+    """``dpq (users=full, budget=0.25, loss=bpr, train.lr=0.01)``: the method and what sets its
+    row apart."""
     extras = [f"users={user_method}"] if user_method and user_method != method else []
     extras += [setting] if setting else []
     extras += [f"loss={loss}"] if loss else []
+    extras += [variant] if variant else []
     return method + (f" ({', '.join(extras)})" if extras else "")
 
 
-def build_tables(agg: pd.DataFrame) -> list[PaperTable]:
-    """Aggregated rows (after ``mark_reaches_full``) -> one ``PaperTable`` per section.
+def build_tables(agg: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> list[PaperTable]:
+    """Aggregated rows (after ``compare_with_full``) -> one ``PaperTable`` per section.
 
     The loss enters the row label only where a backbone has runs with several losses; rows are
     ordered full first, then by method name and by decreasing size."""
@@ -266,7 +451,7 @@ def build_tables(agg: pd.DataFrame) -> list[PaperTable]:
         multi_loss = bool((block.groupby("model")["loss"].nunique() > 1).any())
         block = block.assign(_loss=block["loss"] if multi_loss else "")
         size_col = f"{SIZE} mean"
-        sizes = block.groupby(["method", "user_method", "setting", "_loss"])
+        sizes = block.groupby(["method", "user_method", "setting", "_loss", "variant"])
         order = []
         for key, rows in sizes:
             size = rows[size_col].mean() if size_col in rows else np.nan
@@ -279,32 +464,50 @@ def build_tables(agg: pd.DataFrame) -> list[PaperTable]:
             models=sorted(block["model"].unique()),
             specs=specs,
             rows=[
-                {"method": m, "user_method": u, "setting": s, "loss": lo,
-                 "label": row_label(m, u, s, lo)}
-                for m, u, s, lo in row_keys
+                {"method": m, "user_method": u, "setting": s, "loss": lo, "variant": v,
+                 "label": row_label(m, u, s, lo, v)}
+                for m, u, s, lo, v in row_keys
             ],  # fmt: skip
+            margin=margin,
         )
         index = {key: i for i, key in enumerate(row_keys)}
         for _, rec in block.iterrows():
-            i = index[(rec["method"], rec["user_method"], rec["setting"], rec["_loss"])]
+            i = index[(rec["method"], rec["user_method"], rec["setting"], rec["_loss"], rec["variant"])]
             model = rec["model"]
-            table.counts[(i, model)] = (int(rec["n"]), int(rec["n_failed"]))
+            table.counts[(i, model)] = (
+                int(rec["n"]), str(rec.get("unfinished", "") or ""), int(rec["n_failed"]),
+                int(rec.get("n_unfinished", rec["n_failed"])),
+            )  # fmt: skip
+            if rec.get("settings"):
+                table.settings[(i, model)] = str(rec["settings"])
             for spec in specs:
                 mean = rec.get(f"{spec.column} mean", np.nan)
                 if pd.isna(mean):
                     continue
-                std = rec.get(f"{spec.column} std", np.nan)
+
+                def scaled(stat: str, spec: MetricSpec = spec) -> float:
+                    value = rec.get(f"{spec.column} {stat}", np.nan)
+                    return float(value) * spec.scale if not pd.isna(value) else math.nan
+
+                reaches = bool(rec.get(f"{spec.column} reaches_full", False))
+                beats = bool(rec.get(f"{spec.column} beats_full", False))
                 table.cells[(i, model, spec.label)] = Cell(
-                    float(mean) * spec.scale,
-                    float(std) * spec.scale if not pd.isna(std) else math.nan,
-                    bool(rec.get(f"{spec.column} reaches_full", False)),
-                )
+                    float(mean) * spec.scale, scaled("std"),
+                    BEATS if beats else REACHES if reaches else "",
+                    scaled("ci_low"), scaled("ci_high"),
+                    float(rec.get(f"{spec.column} p_value", np.nan)),
+                    float(rec.get(f"{spec.column} p_noninferior", np.nan)),
+                    int(rec.get(f"{spec.column} n", rec["n"])),
+                    int(rec.get(f"{spec.column} n_paired", 0) or 0),
+                    str(rec.get(f"{spec.column} verdict", "") or ""),
+                )  # fmt: skip
         tables.append(table)
     return tables
 
 
 def format_cell(cell: Cell | None, spec: MetricSpec, tex: bool = False) -> str:
-    """``0.5120 ± 0.0100`` (4 decimals; sizes as % with fewer), mark appended; ``–`` if absent."""
+    """Markdown ``0.5120 ± 0.0100 [0.4871, 0.5369]*`` (4 decimals; sizes as % with fewer and no
+    interval); LaTeX stays compact: ``$0.5120 \\pm 0.0100$\\dag``; ``–`` if absent."""
     if cell is None:
         return "--" if tex else "–"
     if spec.higher_is_better is None:
@@ -315,24 +518,42 @@ def format_cell(cell: Cell | None, spec: MetricSpec, tex: bool = False) -> str:
         text = f"{cell.mean:.4f}"
         if not math.isnan(cell.std):
             text += (r" \pm " if tex else " ± ") + f"{cell.std:.4f}"
+        if not tex and not math.isnan(cell.ci_low):
+            text += f" [{cell.ci_low:.4f}, {cell.ci_high:.4f}]"
     if tex:
-        return f"${text}$" + (MARK_TEX if cell.mark else "")
-    return text + (MARK_MD if cell.mark else "")
+        return f"${text}$" + MARK_TEX.get(cell.mark, "")
+    return text + MARK_MD.get(cell.mark, "")
 
 
 def _size_text(value: float) -> str:
     return f"{value:.1f}" if abs(value) >= 1 else f"{value:.2g}"
 
 
-def _count_text(counts: tuple[int, int] | None) -> str:
+def _count_text(counts: tuple[int, str, int, int] | None) -> str:
+    """``3``, or ``2 (+1 failed, 1 running)`` when runs of the cell did not finish."""
     if counts is None:
         return "–"
-    n, failed = counts
-    return f"{n} (+{failed} failed)" if failed else str(n)
+    n, unfinished, failed, total = counts
+    if not total:
+        return str(n)
+    return f"{n} (+{unfinished or f'{failed} failed'})"
 
 
-def to_markdown(tables: Sequence[PaperTable]) -> str:
-    """All sections as Markdown tables; header cells are ``<backbone> <metric>``."""
+def marks_text(margin: float, tex: bool = False) -> str:
+    """What the marks mean, for table footers and captions."""
+    two, one = (r"\ddag", r"\dag") if tex else (f"`{MARK_MD[BEATS]}`", f"`{MARK_MD[REACHES]}`")
+    pct = f"{100 * margin:g}" + (r"\%" if tex else " %")
+    return (
+        f"Against the full model of the same backbone and settings, paired over common seeds "
+        f"(t-test, >= {MIN_PAIRS} pairs, else no mark): {two} = better, two-sided p < {ALPHA:g}; "
+        f"{one} = not worse by more than {pct} of its mean (non-inferiority, one-sided p < {ALPHA:g}). "
+        "No mark is not evidence of a difference; p-values are in table.csv."
+    )
+
+
+def to_markdown(tables: Sequence[PaperTable], notes: Sequence[str] = ()) -> str:
+    """All sections as Markdown tables; header cells are ``<backbone> <metric>``; ``notes``
+    (cells not pooled, mixed code versions) are listed at the end."""
     parts = []
     for t in tables:
         header = ["Method"]
@@ -346,15 +567,16 @@ def to_markdown(tables: Sequence[PaperTable]) -> str:
                 cells += [format_cell(t.cells.get((i, model, s.label)), s) for s in t.specs]
                 cells.append(_count_text(t.counts.get((i, model))))
             lines.append("| " + " | ".join(cells) + " |")
-        quality = "/".join(s.label for s in t.specs if s.higher_is_better is not None)
-        direction = ">=" if any(s.higher_is_better for s in t.specs) else "<="
         lines += [
             "",
-            f"mean ± sample std over n seeds; Size % = serving size / full-embedding size; "
-            f"`{MARK_MD}` = mean {direction} the full model's mean for that backbone ({quality}).",
+            "mean ± sample std [95 % CI of the mean, Student t] over n seeds (runs identical but for "
+            "the seed); Size % = serving size / full-embedding size. " + marks_text(t.margin),
         ]
         parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+    text = "\n\n".join(parts) + "\n"
+    if notes:
+        text += "\nNotes:\n\n" + "\n".join(f"* {n}" for n in notes) + "\n"
+    return text
 
 
 _TEX_ESCAPES = {
@@ -369,7 +591,7 @@ def tex_escape(text: str) -> str:
 
 def to_latex(tables: Sequence[PaperTable]) -> str:
     """All sections as booktabs tables (needs ``\\usepackage{booktabs}``), a column group per
-    backbone."""
+    backbone; cells are mean $\\pm$ std with the mark (intervals and p-values stay in the CSV)."""
     parts = []
     for t in tables:
         width = len(t.specs) + 1
@@ -381,12 +603,12 @@ def to_latex(tables: Sequence[PaperTable]) -> str:
             rf"\cmidrule(lr){{{2 + j * width}-{1 + (j + 1) * width}}}" for j in range(len(t.models))
         )
         names = [tex_escape(s.label) for s in t.specs] + ["$n$"]
-        direction = r"$\geq$" if any(s.higher_is_better for s in t.specs) else r"$\leq$"
         lines = [
             r"\begin{table}[t]",
             r"\centering",
-            rf"\caption{{{tex_escape(t.title)}: mean $\pm$ sample std over $n$ seeds; "
-            rf"{MARK_TEX}: mean {direction} the full model's mean for that backbone.}}",
+            rf"\caption{{{tex_escape(t.title)}: mean $\pm$ sample std over $n$ seeds. "
+            + marks_text(t.margin, tex=True).replace(">=", r"$\geq$").replace(" < ", " $<$ ")
+            + "}",
             rf"\begin{{tabular}}{{{cols}}}",
             r"\toprule",
             rf" & {group} \\",
@@ -407,8 +629,10 @@ def to_latex(tables: Sequence[PaperTable]) -> str:
 
 
 def to_csv_frame(tables: Sequence[PaperTable]) -> pd.DataFrame:
-    """The paper tables as one wide numeric frame: a row per (section, method row), columns
-    ``<backbone> <metric> mean|std|reaches_full`` and ``<backbone> n|failed`` (full precision)."""
+    """The paper tables as one wide numeric frame: a row per (section, method row); per backbone
+    ``<backbone> <metric> n|mean|std|ci_low|ci_high`` and, for quality metrics,
+    ``n_paired|p_value|p_noninferior|verdict|reaches_full|beats_full``; ``<backbone> n|failed|
+    unfinished`` and ``<backbone> settings`` (full precision)."""
     records = []
     for t in tables:
         for i, row in enumerate(t.rows):
@@ -416,17 +640,27 @@ def to_csv_frame(tables: Sequence[PaperTable]) -> pd.DataFrame:
             for model in t.models:
                 for s in t.specs:
                     cell = t.cells.get((i, model, s.label))
+                    rec[f"{model} {s.label} n"] = cell.n if cell else 0
                     rec[f"{model} {s.label} mean"] = cell.mean if cell else np.nan
                     rec[f"{model} {s.label} std"] = cell.std if cell else np.nan
+                    rec[f"{model} {s.label} ci_low"] = cell.ci_low if cell else np.nan
+                    rec[f"{model} {s.label} ci_high"] = cell.ci_high if cell else np.nan
                     if s.higher_is_better is not None:
-                        rec[f"{model} {s.label} reaches_full"] = bool(cell and cell.mark)
-                n, failed = t.counts.get((i, model), (0, 0))
+                        rec[f"{model} {s.label} n_paired"] = cell.n_paired if cell else 0
+                        rec[f"{model} {s.label} p_value"] = cell.p_value if cell else np.nan
+                        rec[f"{model} {s.label} p_noninferior"] = cell.p_noninferior if cell else np.nan
+                        rec[f"{model} {s.label} verdict"] = cell.verdict if cell else ""
+                        rec[f"{model} {s.label} reaches_full"] = bool(cell and cell.mark in (REACHES, BEATS))
+                        rec[f"{model} {s.label} beats_full"] = bool(cell and cell.mark == BEATS)
+                n, _, failed, total = t.counts.get((i, model), (0, "", 0, 0))
                 rec[f"{model} n"] = n
                 rec[f"{model} failed"] = failed
+                rec[f"{model} unfinished"] = total
+                rec[f"{model} settings"] = t.settings.get((i, model), "")
             records.append(rec)
     frame = pd.DataFrame(records)
     for column in frame.columns:  # counts stay integers where a section lacks the backbone
-        if column.endswith((" n", " failed")):
+        if column.endswith((" n", " failed", " unfinished", " n_paired")):
             frame[column] = frame[column].astype("Int64")
     return frame
 
@@ -435,24 +669,47 @@ def to_csv_frame(tables: Sequence[PaperTable]) -> pd.DataFrame:
 class Report:
     """Everything the CLI writes, computed from the loaded runs."""
 
-    runs: pd.DataFrame  # labelled, all statuses
-    finished: pd.DataFrame  # labelled, de-duplicated
+    runs: pd.DataFrame  # labelled, all statuses (SKIPPED pointers to loaded runs removed)
+    finished: pd.DataFrame  # labelled, de-duplicated, one row per run, with its cell
     unfinished: pd.DataFrame
     duplicates: int
     aggregated: pd.DataFrame
     tables: list[PaperTable]
+    members: pd.DataFrame = field(default_factory=pd.DataFrame)  # finished runs per cell
+    notes: list[str] = field(default_factory=list)  # cells not pooled, unrecorded configs
+    warnings: list[str] = field(default_factory=list)  # cells that mix code versions
+    skipped: int = 0  # SKIPPED run folders that point at a loaded run (not counted again)
+    skipped_stood_in: int = 0  # SKIPPED folders standing in for a run that was not loaded
+    margin: float = DEFAULT_MARGIN
 
 
-def make_report(runs: pd.DataFrame) -> Report:
-    """Loaded runs -> labelled, de-duplicated, aggregated, marked, tabulated."""
+def make_report(runs: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> Report:
+    """Loaded runs -> labelled, skips resolved, de-duplicated, split into cells, aggregated,
+    compared with the full model, tabulated."""
     labelled = add_labels(runs)
+    labelled, skipped, stood = resolve_skipped(labelled)
     finished, unfinished = split_status(labelled)
     finished, duplicates = drop_duplicates(finished)
+    members, notes = assign_cells(pd.concat([finished, unfinished]), LABEL_KEYS)
+    done = members["status"] == "FINISHED" if not members.empty else pd.Series(dtype=bool)
+    fin_members, seed_dups = drop_seed_duplicates(members[done])
+    unf_members = members[~done]
+    unknown = int((fin_members["cell"] == "").sum()) if not fin_members.empty else 0
+    if unknown:
+        notes.append(
+            f"{unknown} finished run(s) recorded no config (no params, config.yaml or cell_hash): "
+            "pooled by their labels only"
+        )
     kinds = sorted(set(labelled["task_kind"])) or ["ranking"]
     specs_for = {kind: metric_specs(kind, list(labelled.columns)) for kind in kinds}
-    agg = aggregate(finished, unfinished, summary_metrics(labelled.columns))
-    agg = mark_reaches_full(agg, specs_for)
-    return Report(labelled, finished, unfinished, duplicates, agg, build_tables(agg))
+    metrics = summary_metrics(labelled.columns)
+    agg = aggregate(fin_members, unf_members, metrics)
+    agg = compare_with_full(agg, per_seed_values(fin_members, metrics), specs_for, margin)
+    unique = fin_members.drop_duplicates("run_id") if not fin_members.empty else fin_members
+    return Report(
+        labelled, unique, unfinished, duplicates + seed_dups, agg, build_tables(agg, margin),
+        fin_members, notes, cell_warnings(agg), skipped, stood, margin,
+    )  # fmt: skip
 
 
 def failed_frame(unfinished: pd.DataFrame) -> pd.DataFrame:

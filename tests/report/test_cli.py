@@ -1,11 +1,13 @@
 """``python -m recbench.report`` end to end on a tiny MLflow store of fake runs: the table numbers
-are the hand-computed seed means/stds, compressed methods that reach the full model are marked, the
-failed run is listed, plots are real PNGs, and the report is logged back to MLflow; user mistakes
-end with one line and exit code 2."""
+are the hand-computed seed means/stds/intervals, compressed methods are marked only where the
+paired test over >= 3 seeds says so (p-values checked against the closed-form t distribution with
+2 degrees of freedom), the failed run is listed, plots are real PNGs, and the report is logged back
+to MLflow; user mistakes end with one line and exit code 2."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,9 +24,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 # (experiment, dataset, model, method, task, seeds -> metrics); see the hand computations below.
 RANKING = {
     ("gmf", "full"): {"hr": [0.50, 0.52, 0.54], "ndcg": [0.30, 0.31, 0.32], "size": 1.0},
-    ("gmf", "dpq"): {"hr": [0.52, 0.53, 0.54], "ndcg": [0.28, 0.29, 0.30], "size": 0.05},
+    ("gmf", "dpq"): {"hr": [0.53, 0.54, 0.55], "ndcg": [0.28, 0.29, 0.30], "size": 0.05},
     ("neumf", "full"): {"hr": [0.60, 0.62, 0.64], "ndcg": [0.40, 0.40, 0.40], "size": 1.0},
-    ("neumf", "dpq"): {"hr": [0.55, 0.57], "ndcg": [0.40, 0.40], "size": 0.04},
+    ("neumf", "dpq"): {"hr": [0.66, 0.67, 0.69], "ndcg": [0.40, 0.40, 0.40], "size": 0.04},
 }
 RATING = {
     ("dot_bias", "full"): {"rmse": [0.90, 0.92], "mae": [0.70, 0.72], "size": 1.0},
@@ -72,11 +74,11 @@ def build_store(db: Path) -> None:
                     if key in values:
                         metrics[f"test/{name}"] = values[key][seed]
                 _log_run(client, eid, tags, params, metrics, [1.0 - 0.1 * e - 0.01 * seed for e in range(3)])
-        if exp == "toy":  # one failed neumf/dpq seed
+        if exp == "toy":  # one failed neumf/dpq seed, with the same config as the others
             tags = {"dataset": "toy", "model": "neumf", "method": "dpq", "user_method": "",
-                    "task": "ranking", "seed": "2", "loss": "bce", "config_hash": "failedhash",
+                    "task": "ranking", "seed": "3", "loss": "bce", "config_hash": "failedhash",
                     "budget": "0.25", "error": "RuntimeError: CUDA out of memory"}
-            _log_run(client, eid, tags, {"train.loss": "bce"}, {}, [0.9], status="FAILED")
+            _log_run(client, eid, tags, params, {}, [0.9], status="FAILED")
 
 
 def report(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
@@ -107,12 +109,21 @@ def test_report_runs_cleanly(full_report) -> None:
     proc, out = full_report
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.strip() == "", proc.stderr[-3000:]  # no MLflow/alembic chatter
-    assert "16 runs" in proc.stdout and "15 finished" in proc.stdout
+    assert "17 runs" in proc.stdout and "16 finished" in proc.stdout
     assert "1 not finished (1 FAILED)" in proc.stdout
     assert "CUDA out of memory" in proc.stdout
+    assert "not pooled" not in proc.stdout and "warning" not in proc.stdout
     assert "logged to MLflow experiment 'recbench-reports', run report-paper" in proc.stdout
     for name in ("table.md", "table.tex", "table.csv", "aggregate.csv", "runs.csv", "failed.csv"):
         assert (out / name).stat().st_size > 0, name
+
+
+def t2_two_sided(t: float) -> float:
+    """P(|T| > |t|) for Student's t with 2 degrees of freedom: CDF = 1/2 + t / (2 sqrt(2 + t^2))."""
+    return 1 - abs(t) / math.sqrt(2 + t * t)
+
+
+T2_975 = 0.95 * math.sqrt(2 / (1 - 0.95**2))  # the t(2) quantile at 0.975 from the same CDF
 
 
 def test_table_numbers_are_seed_means_and_stds(full_report) -> None:
@@ -121,33 +132,51 @@ def test_table_numbers_are_seed_means_and_stds(full_report) -> None:
     toy = table[table["dataset"] == "toy"].set_index("method")
     assert toy.loc["full", "gmf HR@10 mean"] == pytest.approx(0.52)
     assert toy.loc["full", "gmf HR@10 std"] == pytest.approx(0.02)
-    assert toy.loc["dpq", "gmf HR@10 mean"] == pytest.approx(0.53)
+    half = T2_975 * 0.02 / math.sqrt(3)
+    assert toy.loc["full", "gmf HR@10 ci_low"] == pytest.approx(0.52 - half)
+    assert toy.loc["full", "gmf HR@10 ci_high"] == pytest.approx(0.52 + half)
+    assert toy.loc["dpq", "gmf HR@10 mean"] == pytest.approx(0.54)
     assert toy.loc["dpq", "gmf NDCG@10 std"] == pytest.approx(0.01)
     assert toy.loc["dpq", "gmf Size % mean"] == pytest.approx(5.0)
-    assert toy.loc["dpq", "neumf HR@10 mean"] == pytest.approx(0.56)
-    assert toy.loc["dpq", "neumf HR@10 std"] == pytest.approx(0.02**0.5 / 10)  # std of .55,.57
-    assert toy.loc["dpq", "neumf n"] == 2 and toy.loc["dpq", "neumf failed"] == 1
+    assert toy.loc["dpq", "neumf HR@10 std"] == pytest.approx((0.0007 / 3) ** 0.5)  # .66, .67, .69
+    assert toy.loc["dpq", "neumf n"] == 3 and toy.loc["dpq", "neumf failed"] == 1
     assert toy.loc["full", "neumf n"] == 3 and toy.loc["full", "neumf failed"] == 0
-    # reaches full: gmf HR .53 >= .52 yes, NDCG .29 < .31 no; neumf NDCG .40 == .40 yes, HR no
-    assert bool(toy.loc["dpq", "gmf HR@10 reaches_full"])
+    # gmf HR: differences .03, .02, .01 (mean .02, sd .01): t = .02 / (.01 / sqrt 3) -> p = .074;
+    # non-inferiority at 1 % of the full mean .52: t = (.02 + .0052) / (.01 / sqrt 3) -> p = .024
+    se = 0.01 / math.sqrt(3)
+    assert toy.loc["dpq", "gmf HR@10 p_value"] == pytest.approx(t2_two_sided(0.02 / se))
+    assert toy.loc["dpq", "gmf HR@10 p_noninferior"] == pytest.approx(t2_two_sided((0.0252) / se) / 2)
+    assert toy.loc["dpq", "gmf HR@10 verdict"] == "reaches"
+    assert bool(toy.loc["dpq", "gmf HR@10 reaches_full"]) and not bool(toy.loc["dpq", "gmf HR@10 beats_full"])
+    # gmf NDCG: every seed .02 below full: significantly worse, no mark
+    assert toy.loc["dpq", "gmf NDCG@10 verdict"] == "worse"
     assert not bool(toy.loc["dpq", "gmf NDCG@10 reaches_full"])
-    assert bool(toy.loc["dpq", "neumf NDCG@10 reaches_full"])
-    assert not bool(toy.loc["dpq", "neumf HR@10 reaches_full"])
+    # neumf HR: differences .06, .05, .05 (mean .05333, sd .005774): beats full
+    assert toy.loc["dpq", "neumf HR@10 p_value"] == pytest.approx(t2_two_sided((0.16 / 3) / (0.0057735 / math.sqrt(3))), rel=1e-3)
+    assert toy.loc["dpq", "neumf HR@10 verdict"] == "beats" and bool(toy.loc["dpq", "neumf HR@10 beats_full"])
+    # neumf NDCG: identical to full on every seed: within the margin for sure
+    assert toy.loc["dpq", "neumf NDCG@10 verdict"] == "reaches"
+    assert toy.loc["dpq", "neumf HR@10 n_paired"] == 3
     assert not bool(toy.loc["full", "gmf HR@10 reaches_full"])
     assert toy.loc["dpq", "label"] == "dpq (budget=0.25)"
     rate = table[table["dataset"] == "toyrate"].set_index("method")
     assert rate.loc["dpq", "dot_bias RMSE mean"] == pytest.approx(0.90)
-    assert bool(rate.loc["dpq", "dot_bias RMSE reaches_full"])  # .90 <= .91
-    assert not bool(rate.loc["dpq", "dot_bias MAE reaches_full"])  # .74 > .71
+    # two seeds: better mean RMSE (.90 < .91) but never a mark below 3 paired seeds
+    assert rate.loc["dpq", "dot_bias RMSE verdict"] == "too few pairs"
+    assert not bool(rate.loc["dpq", "dot_bias RMSE reaches_full"])
+    assert math.isnan(rate.loc["dpq", "dot_bias RMSE p_value"])
 
     md = (out / "table.md").read_text()
-    assert "| dpq (budget=0.25) | 0.5300 ± 0.0100* | 0.2900 ± 0.0100 | 5.0 | 3 |" in md
-    assert "0.5600 ± 0.0141 | 0.4000 ± 0.0000* | 4.0 | 2 (+1 failed) |" in md
-    assert "| full | 0.5200 ± 0.0200 | 0.3100 ± 0.0100 | 100.0 | 3 |" in md
+    ci = f"[{0.54 - T2_975 * se:.4f}, {0.54 + T2_975 * se:.4f}]"
+    assert f"| dpq (budget=0.25) | 0.5400 ± 0.0100 {ci}* | 0.2900 ± 0.0100 [" in md
+    assert "0.6733 ± 0.0153 [0.6354, 0.7113]** | 0.4000 ± 0.0000 [0.4000, 0.4000]* | 4.0 | 3 (+1 failed) |" in md
+    assert "| full | 0.5200 ± 0.0200 [0.4703, 0.5697] | 0.3100 ± 0.0100 [" in md
     assert "### toyrate — rating, full evaluation" in md and "dot_bias RMSE" in md
+    assert "0.9000 ± 0.0141 [0.7729, 1.0271] |" in md  # no mark at n = 2
+    assert "non-inferiority" in md
     tex = (out / "table.tex").read_text()
-    assert r"$0.5300 \pm 0.0100$\dag" in tex and r"\multicolumn{4}{c}{neumf}" in tex
-    assert r"dot\_bias" in tex
+    assert r"$0.5400 \pm 0.0100$\dag" in tex and r"$0.6733 \pm 0.0153$\ddag" in tex
+    assert r"\multicolumn{4}{c}{neumf}" in tex and r"dot\_bias" in tex
 
 
 def test_failed_runs_listed(full_report) -> None:
@@ -155,7 +184,7 @@ def test_failed_runs_listed(full_report) -> None:
     failed = pd.read_csv(out / "failed.csv")
     assert len(failed) == 1
     row = failed.iloc[0]
-    assert (row["model"], row["method"], row["seed"], row["status"]) == ("neumf", "dpq", 2, "FAILED")
+    assert (row["model"], row["method"], row["seed"], row["status"]) == ("neumf", "dpq", 3, "FAILED")
     assert "CUDA out of memory" in row["error"]
 
 
