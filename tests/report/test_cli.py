@@ -277,7 +277,8 @@ def test_runs_dir_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert table.loc["full", "gmf HR@10 mean"] == pytest.approx(0.5)
     assert table.loc["full", "gmf HR@10 std"] == pytest.approx(0.02**0.5)
     assert table.loc["dpq", "gmf HR@10 mean"] == pytest.approx(0.5)
-    assert bool(table.loc["dpq", "gmf HR@10 reaches_full"])
+    assert not bool(table.loc["dpq", "gmf HR@10 reaches_full"])  # one seed, none shared with full
+    assert table.loc["dpq", "gmf HR@10 verdict"] == "too few pairs"
     assert len(pd.read_csv(out / "failed.csv")) == 1
     assert (out / "plots" / "train_loss__toy__gmf.png").read_bytes().startswith(PNG)
     stdout = capsys.readouterr().out
