@@ -66,6 +66,12 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
     tags = run.data.tags
     assert tags["dataset"] == "synthetic" and tags["model"] == "gmf" and tags["method"] == "full"
     assert tags["seed"] == "0" and len(tags["config_hash"]) == 16
+    # the report recomputes the run's cell from what was recorded, in MLflow and in the run folder
+    from recbench.report import FolderSource, MlflowSource
+    from recbench.report.tables import make_report
+
+    for source in (MlflowSource(f"sqlite:///{tmp_path / 'mlflow.db'}"), FolderSource(tmp_path / "run")):
+        assert make_report(source.runs()).finished["cell"].tolist() == [tags["cell_hash"]]
     assert run.data.params["train.epochs"] == "2"
     from mlflow.tracking import MlflowClient
 

@@ -94,6 +94,19 @@ def _show(value: str | None) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _where(labels: dict[str, str]) -> str:
+    """``ml-100k (sampled-100) / gmf / dpq (budget=0.25, loss=bpr)``: which labels a note is about."""
+    extras = [f"users={labels['user_method']}"] if labels.get("user_method") else []
+    extras += [labels[k] for k in ("setting",) if labels.get(k)]
+    extras += [f"loss={labels['loss']}"] if labels.get("loss") else []
+    protocol = labels.get("eval_protocol", "")
+    return (
+        labels.get("dataset", "") + (f" ({protocol})" if protocol and protocol != "full" else "")
+        + f" / {labels.get('model', '')} / {labels.get('method', '')}"
+        + (f" ({', '.join(extras)})" if extras else "")
+    )
+
+
 def assign_cells(runs: pd.DataFrame, label_keys: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
     """Add ``cell`` (16 hex; the ``cell_hash`` tag or "" where no config was recorded),
     ``ref_key``, ``settings`` (every key that tells this cell apart from the others with the same
@@ -111,6 +124,8 @@ def assign_cells(runs: pd.DataFrame, label_keys: Sequence[str]) -> tuple[pd.Data
     label_keys = list(label_keys)
     config_col = frame["config"] if "config" in frame else pd.Series("", index=frame.index)
     cfgs = [parse_config(t) for t in config_col]
+    hint_col = frame["config_hint"] if "config_hint" in frame else pd.Series("", index=frame.index)
+    hints = [parse_config(t) for t in hint_col]  # shown, never used as a key
     tags = frame["cell_hash"].fillna("").astype(str) if "cell_hash" in frame else pd.Series("", index=frame.index)
     seeds = frame["seed"].fillna("").astype(str)
 
@@ -156,6 +171,7 @@ def assign_cells(runs: pd.DataFrame, label_keys: Sequence[str]) -> tuple[pd.Data
     out = frame.loc[rows].reset_index(drop=True)
     out["cell"] = cell_col
     out["ref_key"] = [reference_key(d) for d in cfg_col]
+    shown = [d if d is not None else hints[i] for i, d in zip(rows, cfg_col)]
 
     settings = [""] * len(out)
     variants = [""] * len(out)
@@ -164,7 +180,8 @@ def assign_cells(runs: pd.DataFrame, label_keys: Sequence[str]) -> tuple[pd.Data
         idx = list(idx)
         cells: dict[str, dict[str, str] | None] = {}
         for j in idx:
-            cells.setdefault(out.at[j, "cell"], cfg_col[j])
+            if cells.get(out.at[j, "cell"]) is None:
+                cells[out.at[j, "cell"]] = shown[j]
         if len(cells) < 2:
             continue
         known = [c for c in cells.values() if c is not None]
@@ -183,7 +200,7 @@ def assign_cells(runs: pd.DataFrame, label_keys: Sequence[str]) -> tuple[pd.Data
             text[cell] = (", ".join(parts) or f"cell {cell}", ", ".join(short) or f"cell {cell}")
         for j in idx:
             settings[j], variants[j] = text[out.at[j, "cell"]]
-        where = " / ".join(str(v) for k, v in zip(label_keys, labels) if str(v) and k != "task_kind")
+        where = _where(dict(zip(label_keys, map(str, labels))))
         listed = "; ".join(sorted(f"[{full}]" for full, _ in text.values()))
         notes.append(
             f"{where}: {len(cells)} configurations not pooled"

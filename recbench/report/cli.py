@@ -297,18 +297,16 @@ def print_summary(report: Report, source: str, out: Path, written: Sequence[Path
     n_fail = len(report.unfinished)
     statuses = report.unfinished["status"].value_counts().to_dict() if n_fail else {}
     status_text = ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
-    skipped = []
-    if report.skipped:
-        skipped.append(f"{report.skipped} SKIPPED (same as a run above, not counted again)")
-    if report.skipped_stood_in:
-        skipped.append(f"{report.skipped_stood_in} SKIPPED standing in for the finished run they "
-                       "duplicate (not loaded here)")
+    stood = (
+        f" (of which {report.skipped_stood_in} SKIPPED run folder(s) stand in for the finished run "
+        "they duplicate, which is not loaded here)" if report.skipped_stood_in else ""
+    )
     lines = [
         f"recbench report: {len(report.runs) + report.skipped} runs from {source}: "
-        f"{len(report.finished)} finished"
+        f"{len(report.finished)} finished" + stood
         + (f" ({report.duplicates} duplicate re-runs dropped)" if report.duplicates else "")
         + (f", {n_fail} not finished ({status_text})" if n_fail else "")
-        + "".join(f", {s}" for s in skipped),
+        + (f", {report.skipped} SKIPPED (same as a run above, not counted again)" if report.skipped else ""),
         "",
         to_markdown(report.tables).rstrip(),
     ]

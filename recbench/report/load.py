@@ -34,10 +34,11 @@ IDENTITY = (
 #: Columns every loader returns besides the metrics. ``knobs`` is the method's config as sorted
 #: JSON (hashable, comparable); ``store_experiment`` is the MLflow experiment (or folder) name;
 #: ``config`` the recorded config minus seed and bookkeeping keys as sorted JSON ("" if none was
-#: recorded); ``same_as`` the run a SKIPPED run folder duplicates (its run id, else its folder).
+#: recorded), ``config_hint`` the same from Hydra's unresolved config of a run folder that did not
+#: finish (labels only); ``same_as`` the run a SKIPPED run folder duplicates (run id or folder).
 COLUMNS = (
     "run_id", "run_name", "store_experiment", "status", "error", "start_time", *IDENTITY, "knobs",
-    "config", "same_as",
+    "config", "config_hint", "same_as",
 )  # fmt: skip
 
 #: Config keys of a method node that are Hydra's or the size budget, not knobs.
@@ -115,6 +116,7 @@ def make_row(
     row["eval_protocol"] = eval_protocol_of(tags, params)
     row["knobs"] = knobs_of(params)
     row["config"] = json.dumps(cell_config(params), sort_keys=True) if params else ""
+    row["config_hint"] = ""
     row["same_as"] = ""
     for key, value in metrics.items():
         try:
@@ -270,7 +272,7 @@ class FolderSource:
             run_dir = path.parent
             run_id = str(run_dir.relative_to(self.root))
             self._records[run_id] = record
-            params = _folder_params(run_dir)
+            params, resolved = _folder_params(run_dir)
             tags = {k: v for k, v in record.items() if isinstance(v, (str, int, float))}
             tags.setdefault("run_dir", str(run_dir))
             # run folders record the preset as `preset` (older ones as `experiment`)
@@ -288,6 +290,8 @@ class FolderSource:
                 run_id, run_dir.name, self.root.name, status,
                 pd.Timestamp(path.stat().st_mtime, unit="s"), tags, params, metrics,
             )  # fmt: skip
+            if not resolved:  # Hydra's composed config: a hint for labels, not a cell key
+                row["config_hint"], row["config"] = row["config"], ""
             if isinstance(same_as, dict):
                 row["same_as"] = _none_text(same_as.get("run_id")) or _none_text(same_as.get("run_dir"))
             rows.append(row)
@@ -305,8 +309,13 @@ class FolderSource:
         return pd.DataFrame(rows, columns=["run_id", "epoch", "value"])
 
 
-def _folder_params(run_dir: Path) -> dict[str, str]:
+def _folder_params(run_dir: Path) -> tuple[dict[str, str], bool]:
+    """The run's flattened config as text, and whether it is the resolved one the run recorded
+    (``config.yaml``). Runs that did not finish only have Hydra's ``.hydra/config.yaml``, whose
+    interpolations are resolved here as far as possible (``${oc.env:...}`` against *this*
+    environment, so it is only a hint of what the run saw)."""
     import yaml
+    from omegaconf import OmegaConf
 
     for candidate in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
         if candidate.is_file():
@@ -314,12 +323,20 @@ def _folder_params(run_dir: Path) -> dict[str, str]:
                 tree = yaml.safe_load(candidate.read_text())
             except (OSError, yaml.YAMLError):
                 continue
-            if isinstance(tree, dict):
-                return {
-                    k: json.dumps(v) if isinstance(v, (list, dict)) else _none_text(v)
-                    for k, v in flatten(tree).items()
-                }
-    return {}
+            if not isinstance(tree, dict):
+                continue
+            resolved = candidate.name == "config.yaml" and candidate.parent == run_dir
+            if not resolved:
+                try:
+                    tree = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
+                except Exception:  # noqa: BLE001 - an interpolation only Hydra can resolve
+                    pass
+            params = {
+                k: json.dumps(v) if isinstance(v, (list, dict)) else _none_text(v)
+                for k, v in flatten(tree).items()
+            }
+            return params, resolved
+    return {}, False
 
 
 _CLAUSE = re.compile(

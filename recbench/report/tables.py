@@ -405,6 +405,8 @@ class Cell:
     n: int = 0
     n_paired: int = 0
     verdict: str = ""
+    diff: float = math.nan
+    p_wilcoxon: float = math.nan
 
 
 @dataclass
@@ -500,6 +502,8 @@ def build_tables(agg: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> list[Pape
                     int(rec.get(f"{spec.column} n", rec["n"])),
                     int(rec.get(f"{spec.column} n_paired", 0) or 0),
                     str(rec.get(f"{spec.column} verdict", "") or ""),
+                    float(rec.get(f"{spec.column} diff", np.nan)),
+                    float(rec.get(f"{spec.column} p_wilcoxon", np.nan)),
                 )  # fmt: skip
         tables.append(table)
     return tables
@@ -631,7 +635,8 @@ def to_latex(tables: Sequence[PaperTable]) -> str:
 def to_csv_frame(tables: Sequence[PaperTable]) -> pd.DataFrame:
     """The paper tables as one wide numeric frame: a row per (section, method row); per backbone
     ``<backbone> <metric> n|mean|std|ci_low|ci_high`` and, for quality metrics,
-    ``n_paired|p_value|p_noninferior|verdict|reaches_full|beats_full``; ``<backbone> n|failed|
+    ``n_paired|p_value|diff|p_noninferior|p_wilcoxon|verdict|reaches_full|beats_full`` (``diff``:
+    mean per-seed difference to the full model over the paired seeds); ``<backbone> n|failed|
     unfinished`` and ``<backbone> settings`` (full precision)."""
     records = []
     for t in tables:
@@ -648,7 +653,9 @@ def to_csv_frame(tables: Sequence[PaperTable]) -> pd.DataFrame:
                     if s.higher_is_better is not None:
                         rec[f"{model} {s.label} n_paired"] = cell.n_paired if cell else 0
                         rec[f"{model} {s.label} p_value"] = cell.p_value if cell else np.nan
+                        rec[f"{model} {s.label} diff"] = cell.diff if cell else np.nan
                         rec[f"{model} {s.label} p_noninferior"] = cell.p_noninferior if cell else np.nan
+                        rec[f"{model} {s.label} p_wilcoxon"] = cell.p_wilcoxon if cell else np.nan
                         rec[f"{model} {s.label} verdict"] = cell.verdict if cell else ""
                         rec[f"{model} {s.label} reaches_full"] = bool(cell and cell.mark in (REACHES, BEATS))
                         rec[f"{model} {s.label} beats_full"] = bool(cell and cell.mark == BEATS)
