@@ -487,7 +487,7 @@ def build_tables(agg: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> list[Pape
                 if pd.isna(mean):
                     continue
 
-                def scaled(stat: str, spec: MetricSpec = spec) -> float:
+                def scaled(stat: str, spec: MetricSpec = spec, rec: pd.Series = rec) -> float:
                     value = rec.get(f"{spec.column} {stat}", np.nan)
                     return float(value) * spec.scale if not pd.isna(value) else math.nan
 
