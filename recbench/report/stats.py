@@ -2,9 +2,9 @@
 full model. Pure functions on plain numbers, so the tests can check them against explicit formulas.
 
 Why these tests: a benchmark table compares a handful of seeds per cell (3 to 10). Seeds are paired
--- a compressed model and the full model trained with the same seed see the same data split,
-negatives and initialisation stream -- so the per-seed difference removes the split-to-split
-variance that usually dominates, and a paired t-test on the differences is the natural test.
+-- a compressed model and the full model run with the same seed share the data split and the
+evaluation negatives -- so the per-seed difference removes that part of the spread, and a paired
+t-test on the differences is the natural test.
 Definitions (``ALPHA`` = 0.05, ``MIN_PAIRS`` = 3, margin ``δ`` as a fraction of the full model's mean
 over the paired seeds; ``gain`` = per-seed difference oriented so that positive is better, i.e.
 ``candidate - full`` for HR/NDCG and ``full - candidate`` for RMSE/MAE):
