@@ -107,6 +107,19 @@ def _where(labels: dict[str, str]) -> str:
     )
 
 
+def _unique_labels(text: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """cell -> (settings, row label): a row label must name one cell, or two cells would share a
+    table row; a shortened label that repeats is replaced by the full one, then by the cell id."""
+    out = dict(text)
+    for pick in (lambda cell, full, short: full, lambda cell, full, short: f"{full}, cell {cell}"):
+        shorts = [short for _, short in out.values()]
+        out = {
+            cell: (full, pick(cell, full, short) if shorts.count(short) > 1 else short)
+            for cell, (full, short) in out.items()
+        }
+    return out
+
+
 def assign_cells(runs: pd.DataFrame, label_keys: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
     """Add ``cell`` (16 hex; the ``cell_hash`` tag or "" where no config was recorded),
     ``ref_key``, ``settings`` (every key that tells this cell apart from the others with the same
@@ -198,6 +211,7 @@ def assign_cells(runs: pd.DataFrame, label_keys: Sequence[str]) -> tuple[pd.Data
                 [f"+{len(parts) - LABEL_SETTINGS} more"] if len(parts) > LABEL_SETTINGS else []
             )
             text[cell] = (", ".join(parts) or f"cell {cell}", ", ".join(short) or f"cell {cell}")
+        text = _unique_labels(text)
         for j in idx:
             settings[j], variants[j] = text[out.at[j, "cell"]]
         where = _where(dict(zip(label_keys, map(str, labels))))

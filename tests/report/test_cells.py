@@ -197,3 +197,20 @@ def test_report_on_run_folders_splits_lr_and_resolves_skips(tmp_path: Path, caps
 
 def test_digest_is_order_free() -> None:
     assert digest({"a": "1", "b": "2"}) == digest({"b": "2", "a": "1"}) != digest({"a": "1"})
+
+
+def test_row_labels_name_one_cell_each() -> None:
+    """Cells that differ beyond the first three keys, or whose configs were not recorded, still
+    get distinct rows (else two cells would be written into one table row)."""
+    many = {"a.k1": "1", "a.k2": "1", "a.k3": "1"}
+    other = {"a.k1": "2", "a.k2": "2", "a.k3": "2", "a.k4": "2"}
+    rows = [run("full", 0, 0.1, cfg={**many, "a.k4": "1"}), run("full", 0, 0.2, cfg={**many, "a.k4": "2"}),
+            run("full", 0, 0.3, cfg=other)]  # fmt: skip
+    rows += [{**run("qr", s, 0.4 + s), "config": "", "cell_hash": f"t{s}"} for s in (0, 1)]
+    rep = report(rows)
+    labels = [r["label"] for r in rep.tables[0].rows]
+    assert len(labels) == len(set(labels)) == 5
+    assert "full (a.k1=2, a.k2=2, a.k3=2, +1 more)" in labels  # short where that is unique
+    assert "full (a.k1=1, a.k2=1, a.k3=1, a.k4=1)" in labels  # in full where it is not
+    assert sum("config not recorded, cell t" in label for label in labels) == 2
+    assert sorted(rep.aggregated["n"]) == [1] * 5
