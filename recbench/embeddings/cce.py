@@ -32,6 +32,7 @@ and ``c`` after it.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,8 @@ from recbench.embeddings.dpq import code_bits
 from recbench.embeddings.hashing import bucket_mapping, check_hash_knobs, murmur3_x86_32
 from recbench.embeddings.pep import pack_wide, unpack_wide
 from recbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Largest temporary of the k-means distance computation, in elements (points are chunked).
 _MAX_DISTANCE_ELEMENTS = 1 << 24
@@ -266,6 +269,8 @@ class CCEmbedding(CompressedEmbedding):
         if done >= self.num_clusterings or epoch % self.cluster_every:
             return []
         self.cluster()
+        log.info("CCE: clustered %d columns (k=%d) after epoch %d (clustering %d of %d)",
+                 self.num_columns, self.num_rows, epoch, done + 1, self.num_clusterings)  # fmt: skip
         return [self.clustered_table, self.hashed_table]
 
     @torch.no_grad()

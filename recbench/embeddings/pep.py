@@ -34,6 +34,7 @@ prunes. The thresholds and the initial weights are training-only.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,8 @@ from recbench.embeddings.base import CompressedEmbedding
 from recbench.embeddings.dpq import version_key
 from recbench.embeddings.packing import MAX_BITS, pack_bits, unpack_bits
 from recbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 GRANULARITIES = ("global", "dimension", "feature", "feature_dimension")
 
@@ -221,9 +224,15 @@ class PEPEmbedding(CompressedEmbedding):
             return []
         with torch.no_grad():
             soft = soft_threshold(self.weight, self._thresholds(None))[1:]
-            reached = self.max_nonzeros is not None and int(torch.count_nonzero(soft)) <= self.max_nonzeros
+            learned = int(torch.count_nonzero(soft))
+            reached = self.max_nonzeros is not None and learned <= self.max_nonzeros
             if epoch < self.search_epochs and not reached:
                 return []
+            log.info(
+                "PEP: search ends after epoch %d at learned sparsity %.4f (target %s); mask frozen, "
+                "%s", epoch, 1 - learned / soft.numel(), self.target_sparsity,
+                "weights rewound to their initial values" if self.rewind else "weights kept",
+            )
             self.mask.copy_(self._served() != 0)
             if self.rewind:
                 self.weight.copy_(self.initial)
