@@ -162,3 +162,22 @@ def test_budget_impossible_and_knob_errors() -> None:
         CCEmbedding.check_knobs(64, num_rows=1)
     with pytest.raises(ConfigError, match="method.cluster_every=0 must be an integer >= 1"):
         CCEmbedding.check_knobs(64, cluster_every=0)
+
+
+def test_cli_run_records_the_size_after_clustering_and_follows_the_seed(tmp_path) -> None:  # noqa: ANN001
+    """``python -m recbench.run method=cce``: the hash seed is the run's ``seed``, and the recorded
+    size is the served one (assignments included), equal to the artifact's formula."""
+    import json
+
+    from tests.test_cli import TINY, run_cli
+
+    proc = run_cli([*TINY, "method=cce", "seed=3", "method.budget=0.25", "tracking=none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    knobs = record["knobs"]["item_embedding"]
+    assert knobs["hash_seed"] == 3
+    metrics = record["metrics"]
+    assert metrics["size/serving_bits"] == metrics["serving/formula_bits"]
+    n, k, d = 60, knobs["num_rows"], 64
+    assert metrics["size/layer/item_embedding"] == 64 * k * d + 4 * n * math.ceil(math.log2(k))
+    assert metrics["size/layer/item_embedding"] <= 0.25 * 32 * n * d
