@@ -143,7 +143,9 @@ class CCEmbedding(CompressedEmbedding):
         self.hash_family = str(hash_family)
         self.hash_seed = int(hash_seed)
         self.init_std = float(init_std)
-        shape = (self.num_columns, self.num_rows, self.column_dim)
+        # Column i's k rows are rows i*k .. i*k+k-1 of each 2-D table (2-D so that train.sparse
+        # gathers them with sparse gradients).
+        shape = (self.num_columns * self.num_rows, self.column_dim)
         self.clustered_table = nn.Parameter(torch.randn(shape) * self.init_std)  # A_i
         self.hashed_table = nn.Parameter(torch.randn(shape) * self.init_std)  # B_i
         self.register_buffer("rounds", torch.zeros(self.num_columns, dtype=torch.int64))
@@ -206,10 +208,8 @@ class CCEmbedding(CompressedEmbedding):
     # ---------------------------------------------------------------- contract
     def forward(self, ids: Tensor) -> Tensor:
         flat = ids.reshape(-1)
-        primary = self._lookup(self.pointers[flat] + self.offsets, self.clustered_table.view(-1, self.column_dim))
-        residual = self._lookup(
-            self.hashed_pointers[flat] + self.offsets, self.hashed_table.view(-1, self.column_dim)
-        )
+        primary = self._lookup(self.pointers[flat] + self.offsets, self.clustered_table)
+        residual = self._lookup(self.hashed_pointers[flat] + self.offsets, self.hashed_table)
         out = (primary + residual).reshape(*ids.shape, self.embedding_dim)
         return self._zero_padding(ids, out)
 
@@ -282,9 +282,10 @@ class CCEmbedding(CompressedEmbedding):
             round_ = int(self.rounds[column])
             seed = derived_seed(self.hash_seed, 2, column, round_, self.num_columns)
             centroids, assignment = kmeans(current[:, column], self.num_rows, self.kmeans_iters, seed)
-            self.clustered_table[column] = centroids.to(self.clustered_table.dtype)
+            rows = slice(column * self.num_rows, (column + 1) * self.num_rows)
+            self.clustered_table[rows] = centroids.to(self.clustered_table.dtype)
             self.pointers[1:, column] = assignment
-            self.hashed_table[column] = 0.0
+            self.hashed_table[rows] = 0.0
             self.rounds[column] += 1
         self.hashed_pointers.copy_(self._hashed_pointers(1, self.rounds.tolist()))
 
