@@ -171,7 +171,7 @@ class LearnedQuantEmbedding(CompressedEmbedding):
             return self._served()[1][ids]
         rows = self._lookup(ids, self.weight)
         if self.granularity == "row":
-            steps = self.step[ids].unsqueeze(-1)
+            steps = torch.nn.functional.embedding(ids, self.step.unsqueeze(1))  # row gather
         else:
             steps = self.step
         return self._zero_padding(ids, self._quantize(rows, steps))

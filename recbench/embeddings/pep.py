@@ -180,7 +180,8 @@ class PEPEmbedding(CompressedEmbedding):
     def _thresholds(self, ids: Tensor | None) -> Tensor:
         """Thresholds broadcastable to the rows of ``ids`` (None = every id)."""
         if self.granularity in ("feature", "feature_dimension"):
-            return self.threshold if ids is None else self.threshold[ids]
+            # a row gather (embedding backward), much cheaper than advanced indexing's index_put
+            return self.threshold if ids is None else torch.nn.functional.embedding(ids, self.threshold)
         return self.threshold
 
     def _pruned_rows(self, ids: Tensor | None) -> Tensor:
