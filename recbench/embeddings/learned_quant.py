@@ -198,6 +198,13 @@ class LearnedQuantEmbedding(CompressedEmbedding):
         codes = unpack_bits(tensors["codes"], bits, n * d).reshape(n, d)
         return dequantize(codes, tensors["steps"], bits, str(meta["granularity"]))
 
+    @classmethod
+    def codes_from_serving(cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Tensor:
+        """Stored codes of ids 1..n as an ``(n, d)`` int64 matrix (for the report's code-sharing
+        heatmap, as for scalar quantization; with row steps equal codes need not mean equal values)."""
+        n, d, bits = int(meta["num_embeddings"]) - 1, int(meta["embedding_dim"]), int(meta["bits"])
+        return unpack_bits(tensors["codes"], bits, n * d).reshape(n, d).to(torch.int64)
+
     # ------------------------------------------------------------ equal memory
     @classmethod
     def solve_budget(

@@ -69,6 +69,7 @@ def test_training_forward_is_what_is_served(bits: int, granularity: str) -> None
     assert stored["steps"].numel() == (300 if granularity == "row" else 16)
     rebuilt = LearnedQuantEmbedding.table_from_serving(stored, emb.serving_meta())
     torch.testing.assert_close(rebuilt, emb.full_table(), rtol=0, atol=0)
+    assert torch.equal(LearnedQuantEmbedding.codes_from_serving(stored, emb.serving_meta()), codes)
     assert emb.serving_bits() == bits * 300 * 16 + 32 * (300 if granularity == "row" else 16)
     # At most 2^b distinct values per row (row steps) or per column (column steps).
     table = emb.full_table()[1:]
