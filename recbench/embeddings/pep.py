@@ -98,7 +98,7 @@ class PEPEmbedding(CompressedEmbedding):
         granularity: str = "feature_dimension",
         threshold_init: float = -8.0,
         search_epochs: int = 10,
-        target_sparsity: float | None = None,
+        target_sparsity: float | None = 0.8,
         rewind: bool = True,
         init_std: float = 0.01,
     ) -> None:
