@@ -211,7 +211,7 @@ def _train_and_evaluate(
     if data.task != "rating" and cfg.eval.popularity_baseline:
         popular = parts.evaluator.popularity(data.item_counts, "test")
         metrics.update({f"popularity/{k}": v for k, v in popular.items()})
-    metrics.update(size.as_metrics())
+    metrics.update(model_size(model).as_metrics())  # after training: CCE and PEP change their size
     torch.save(model.state_dict(), run_dir / "model.pt")
     if cfg.eval.serving_artifact:
         metrics.update(_export_serving(cfg, model, data, parts, run_dir, tracker))

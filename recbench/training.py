@@ -258,6 +258,13 @@ class Optimizers:
         for opt in self.optimizers:
             opt.step()
 
+    def forget(self, params: list[torch.nn.Parameter]) -> None:
+        """Drop the state (e.g. Adam moments) of ``params``, whose values a layer replaced; the
+        optimizer re-initialises it at their next step."""
+        for opt in self.optimizers:
+            for param in params:
+                opt.state.pop(param, None)
+
 
 def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Switch the model's embedding tables to sparse gradients and return them: ``nn.Embedding``
@@ -360,6 +367,8 @@ def fit(
     """
     from tqdm.auto import tqdm
 
+    from recbench.embeddings.base import embedding_layers
+
     loss_fn = loss_function(loss, compile)
     device = next(model.parameters()).device
     flush_denormals()
@@ -385,6 +394,8 @@ def fit(
             total += train_step(model, batch, loss_fn, optimizer)
             steps += 1
             samples += batch.num_samples
+        for layer in embedding_layers(model).values():  # CCE clustering, PEP mask freezing
+            optimizer.forget(layer.on_epoch_end(epoch))
         mean_loss = float(total) / max(steps, 1)  # one host sync per epoch
         train_seconds += time.perf_counter() - started
         if not math.isfinite(mean_loss):

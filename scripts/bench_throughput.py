@@ -5,6 +5,7 @@ Why: a table in the paper needs hundreds of runs; the harness must be limited by
 memory bandwidth, not Python. This script times ``recbench.training.train_step`` (the exact step
 ``fit`` runs) on batches from the real samplers, after a warm-up, on synthetic data at fixed scales:
 
+* ``ml100k``: 943 users x 1,682 items, 100,000 events (MovieLens-100k-like)
 * ``ml1m``:   6,040 users x 3,706 items, 1,000,209 events (MovieLens-1M-like)
 * ``amazon``: 31,013 users x 23,715 items, 287,107 events (Amazon-Video-Games-like)
 * ``large``:  100,000 users x 1,000,000 items, 2,000,000 events (large vocabulary)
@@ -52,6 +53,7 @@ from recbench.data.prepared import PreparedData, prepare  # noqa: E402
 from recbench.training import flush_denormals, loss_function, make_optimizer, train_step  # noqa: E402
 
 SCALES = {
+    "ml100k": (943, 1_682, 100_000),
     "ml1m": (6_040, 3_706, 1_000_209),
     "amazon": (31_013, 23_715, 287_107),
     "large": (100_000, 1_000_000, 2_000_000),

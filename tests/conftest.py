@@ -23,6 +23,15 @@ def method_names() -> list[str]:
     return sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 
 
+def method_node(name: str, seed: int = 0):  # noqa: ANN201 - an OmegaConf DictConfig
+    """``conf/method/<name>.yaml`` as a node under a root holding ``seed``, so that knobs written as
+    ``${seed}`` (e.g. ``hash_seed``) resolve as they do in a composed run."""
+    from omegaconf import OmegaConf
+
+    root = OmegaConf.create({"seed": seed, "method": OmegaConf.load(CONF / "method" / f"{name}.yaml")})
+    return root.method
+
+
 def model_names() -> list[str]:
     return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 

@@ -212,19 +212,18 @@ def test_sparse_refuses_weight_decay() -> None:
         make_optimizer(model, lr=0.01, weight_decay=0.1, sparse=True)
 
 
-@pytest.mark.parametrize("method", ["hashing", "bloom", "qr", "low_rank", "dpq", "scalar_quant"])
+@pytest.mark.parametrize("method", ["hashing", "bloom", "qr", "low_rank", "dpq", "scalar_quant", "cce"])
 def test_sparse_gradients_equal_dense_gradients(method: str) -> None:
     """``train.sparse`` changes how gradients are stored, never their values: for every method with
     gathered tables the sparse gradient, densified, equals the dense one, and only the gathered
     tables become sparse. (SparseAdam then differs from Adam only where it adds eps.)"""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from recbench.training import make_optimizer, sparse_tables
-    from tests.conftest import CONF
+    from tests.conftest import method_node
 
     data = small_ranking_data()
-    node = OmegaConf.load(CONF / "method" / f"{method}.yaml")
+    node = method_node(method)
     node.pop("budget", None)
     factory = instantiate(node)
     batch = Batch(context=torch.tensor([1, 2, 3]), items=torch.tensor([[3, 4], [3, 5], [1, 2]]))

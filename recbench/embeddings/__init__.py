@@ -26,3 +26,10 @@ __all__ += [
     "MixedDimEmbedding",
     "QuotientRemainderEmbedding",
 ]
+
+# Dynamic and learned compression (CCE, PEP, learned low precision).
+from recbench.embeddings.cce import CCEmbedding  # noqa: E402
+from recbench.embeddings.learned_quant import LearnedQuantEmbedding  # noqa: E402
+from recbench.embeddings.pep import PEPEmbedding  # noqa: E402
+
+__all__ += ["CCEmbedding", "LearnedQuantEmbedding", "PEPEmbedding"]

@@ -160,6 +160,17 @@ class CompressedEmbedding(nn.Module):
             "the full table; use a budget >= 1 or a compressing method"
         )
 
+    def on_epoch_end(self, epoch: int) -> list[nn.Parameter]:
+        """Training-time hook: ``fit`` calls it on every embedding layer after each training epoch
+        (``epoch`` counts from 1), before validation. Default: nothing.
+
+        Methods whose structure changes during training use it (CCE re-clusters its tables, PEP
+        freezes its pruning mask and rewinds the weights). It returns the parameters whose values
+        it replaced: their optimizer state (Adam moments) describes the old values, so the loop
+        drops it and the optimizer starts them afresh. ``serving_bits()`` must stay exact after it.
+        """
+        return []
+
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Tables read only through ``_lookup`` (row gathers), which ``train.sparse`` may train
         with sparse gradients; ``nn.Embedding`` children are found separately. Default: none."""

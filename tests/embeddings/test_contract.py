@@ -6,17 +6,16 @@ from __future__ import annotations
 import hydra.utils
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from recbench.embeddings.base import CompressedEmbedding
-from tests.conftest import CONF, method_names
+from tests.conftest import method_names, method_node
 
 N_IDS = 2000  # real ids; tables hold N_IDS + 1 rows
 DIM = 64
 
 
 def build(name: str, num_embeddings: int = N_IDS + 1, dim: int = DIM) -> CompressedEmbedding:
-    cfg = OmegaConf.load(CONF / "method" / f"{name}.yaml")
+    cfg = method_node(name)
     if "budget" in cfg:
         del cfg["budget"]
     factory = hydra.utils.instantiate(cfg)

@@ -33,6 +33,7 @@ def build_with_method(
     for key, value in model_knobs.items():
         model_cfg[key] = value
     from recbench.run import method_factory
+    from tests.conftest import method_node
 
-    factory = method_factory(OmegaConf.load(CONF / "method" / f"{method}.yaml"))
+    factory = method_factory(method_node(method))
     return hydra.utils.instantiate(model_cfg)(tiny_info(num_users, num_items), item_embedding=factory)
