@@ -26,3 +26,10 @@ __all__ += [
     "MixedDimEmbedding",
     "QuotientRemainderEmbedding",
 ]
+
+# Tensor-train, deep-hash and random-offset-block methods (issue 16).
+from recbench.embeddings.dhe import DHEmbedding  # noqa: E402
+from recbench.embeddings.robe import ROBEmbedding  # noqa: E402
+from recbench.embeddings.tt_rec import TTRecEmbedding  # noqa: E402
+
+__all__ += ["DHEmbedding", "ROBEmbedding", "TTRecEmbedding"]

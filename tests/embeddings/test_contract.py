@@ -16,7 +16,8 @@ DIM = 64
 
 
 def build(name: str, num_embeddings: int = N_IDS + 1, dim: int = DIM) -> CompressedEmbedding:
-    cfg = OmegaConf.load(CONF / "method" / f"{name}.yaml")
+    # Under a root with a run seed, as Hydra composes it (hash seeds may be `${seed}`).
+    cfg = OmegaConf.create({"seed": 0, "method": OmegaConf.load(CONF / "method" / f"{name}.yaml")}).method
     if "budget" in cfg:
         del cfg["budget"]
     factory = hydra.utils.instantiate(cfg)

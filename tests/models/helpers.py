@@ -34,5 +34,6 @@ def build_with_method(
         model_cfg[key] = value
     from recbench.run import method_factory
 
-    factory = method_factory(OmegaConf.load(CONF / "method" / f"{method}.yaml"))
+    node = OmegaConf.load(CONF / "method" / f"{method}.yaml")
+    factory = method_factory(OmegaConf.create({"seed": 0, "method": node}).method)  # `${seed}` resolves
     return hydra.utils.instantiate(model_cfg)(tiny_info(num_users, num_items), item_embedding=factory)
