@@ -26,12 +26,16 @@ METHODS = ["tt_rec", "dhe", "robe"]
 @pytest.mark.parametrize("model", model_names())
 def test_method_trains_and_evaluates_on_backbone(model: str, method: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY_DATA, f"model={model}", f"method={method}", "seed=3"])
+        cfg = compose(
+            "config", overrides=[*TINY_DATA, f"model={model}", f"method={method}", "seed=3"]
+        )
     assert cfg.method.get("hash_seed", 3) == 3  # hash seeds follow the run's seed
     data = load_data(cfg)
     model_ = build_model(cfg, data)
     parts = build_task(data, cfg, torch.device("cpu"))
-    result = fit(model_, parts.sampler, loss=cfg.train.loss, epochs=1, lr=0.01, progress=False, seed=0)
+    result = fit(
+        model_, parts.sampler, loss=cfg.train.loss, epochs=1, lr=0.01, progress=False, seed=0
+    )
     assert result.epochs_run == 1
     assert all(math.isfinite(v) for v in result.history[-1].values())
     metrics = parts.evaluator.evaluate(model_, "test")

@@ -80,6 +80,11 @@ class DHEmbedding(CompressedEmbedding):
 
     #: Ids decoded at once by ``full_table`` (k float32 encodings each): bounds its memory.
     chunk_size = 4096
+    #: Vocabularies whose encodings take at most this many floats keep them in memory after the
+    #: first lookup (64 MiB; ml-100k's items: 1.7 M). Hashing ``k`` values per id is most of a
+    #: step's cost on CPU; the cached values are the same numbers, so results do not change, and
+    #: nothing is stored in checkpoints or the artifact. Larger vocabularies hash on the fly.
+    encoding_cache_limit = 2**24
 
     def __init__(
         self,
@@ -115,6 +120,7 @@ class DHEmbedding(CompressedEmbedding):
         a, b = hash_coefficients(self.hash_seed, self.num_hashes)
         self.register_buffer("hash_a", a, persistent=False)
         self.register_buffer("hash_b", b, persistent=False)
+        self.register_buffer("encodings", None, persistent=False)
 
     @classmethod
     def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
@@ -135,7 +141,9 @@ class DHEmbedding(CompressedEmbedding):
         positive_int("hash_seed", 0, 0)
         encoding = knobs.get("encoding", "uniform")
         if encoding not in ENCODINGS:
-            raise ConfigError(f"method.encoding={encoding} is unknown; use one of {', '.join(ENCODINGS)}")
+            raise ConfigError(
+                f"method.encoding={encoding} is unknown; use one of {', '.join(ENCODINGS)}"
+            )
         if encoding == "gaussian" and k % 2:
             raise ConfigError(
                 f"method.num_hashes={k} must be even with method.encoding=gaussian (Box-Muller "
@@ -150,14 +158,26 @@ class DHEmbedding(CompressedEmbedding):
         for linear, norm in zip(self.linears, self.norms):
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
             layers.append(
-                (linear.weight * scale.unsqueeze(1), (linear.bias - norm.running_mean) * scale + norm.bias)
+                (
+                    linear.weight * scale.unsqueeze(1),
+                    (linear.bias - norm.running_mean) * scale + norm.bias,
+                )
             )
         layers.append((self.linears[-1].weight, self.linears[-1].bias))
         return layers
 
+    def _encode(self, ids: Tensor) -> Tensor:
+        """Dense hash encodings of real ids, from the cache when the vocabulary is small enough."""
+        if self.num_embeddings * self.num_hashes > self.encoding_cache_limit:
+            return encode(ids, self.hash_a, self.hash_b, self.hash_range, self.encoding)
+        if self.encodings is None or self.encodings.device != ids.device:
+            every = torch.arange(self.num_embeddings, device=ids.device)
+            self.encodings = encode(every, self.hash_a, self.hash_b, self.hash_range, self.encoding)
+        return self.encodings[ids]
+
     def _embed(self, ids: Tensor) -> Tensor:
         """Embeddings of distinct real ids ``(U,)``."""
-        x = encode(ids, self.hash_a, self.hash_b, self.hash_range, self.encoding)
+        x = self._encode(ids)
         if not self.training:
             return decode(x, self.folded_layers())
         batch_stats = ids.numel() > 1
@@ -167,7 +187,14 @@ class DHEmbedding(CompressedEmbedding):
                 x = norm(x)
             else:
                 x = F.batch_norm(
-                    x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+                    x,
+                    norm.running_mean,
+                    norm.running_var,
+                    norm.weight,
+                    norm.bias,
+                    False,
+                    0.0,
+                    norm.eps,
                 )
             x = F.mish(x)
         return self.linears[-1](x)
@@ -189,7 +216,9 @@ class DHEmbedding(CompressedEmbedding):
     ) -> Tensor:
         """The served table from the folded network, decoded ``chunk_size`` ids at a time."""
         device = layers[0][0].device
-        a, b = (t.to(device) for t in hash_coefficients(int(meta["hash_seed"]), int(meta["num_hashes"])))
+        a, b = (
+            t.to(device) for t in hash_coefficients(int(meta["hash_seed"]), int(meta["num_hashes"]))
+        )
         parts = [torch.zeros(1, layers[-1][0].shape[0], device=device)]
         for start in range(1, num_embeddings, cls.chunk_size):
             ids = torch.arange(start, min(start + cls.chunk_size, num_embeddings), device=device)

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding
@@ -40,16 +39,19 @@ def robe_lookup(
     """``(N,)`` ids -> ``(N, d)`` vectors read from ``array`` (no padding handling)."""
     m = array.shape[0]
     chunks = -(-embedding_dim // block_size)
-    dims = torch.arange(embedding_dim, device=ids.device)
-    chunk_of_dim, within = dims // block_size, dims % block_size
     c = torch.arange(chunks, device=ids.device)
     x = ids.long().unsqueeze(1)
     offsets = (coef[0] * x + coef[1] * c + coef[2]) % PRIME % m  # (N, C)
-    index = (offsets[:, chunk_of_dim] + within) % m  # (N, d)
-    values = F.embedding(index, array.unsqueeze(1)).squeeze(-1)
+    index = offsets.unsqueeze(2) + torch.arange(block_size, device=ids.device)  # (N, C, Z)
+    # offset < m, so one subtraction wraps unless a block is longer than the array
+    index = index % m if block_size > m else torch.where(index >= m, index - m, index)
+    index = index.reshape(-1, chunks * block_size)[:, :embedding_dim]
+    # index_select: its backward (index_add_) is ~14x faster on CPU than embedding's for 1-wide rows
+    values = array.index_select(0, index.reshape(-1)).reshape(index.shape)
     if sign_hash:
         parity = (coef[3] * x + coef[4] * c + coef[5]) % PRIME % 2  # (N, C)
-        values = values * (1 - 2 * parity[:, chunk_of_dim]).to(values.dtype)
+        sign = (1 - 2 * parity).to(values.dtype).repeat_interleave(block_size, dim=1)
+        values = values * sign[:, :embedding_dim]
     return values
 
 
@@ -91,7 +93,9 @@ class ROBEmbedding(CompressedEmbedding):
         self.array_size = (
             int(array_size)
             if array_size is not None
-            else max(1, math.floor(float(compression_ratio) * self.num_ids * self.embedding_dim + 1e-9))
+            else max(
+                1, math.floor(float(compression_ratio) * self.num_ids * self.embedding_dim + 1e-9)
+            )
         )
         self.block_size, self.sign_hash = int(block_size), bool(sign_hash)
         self.hash_seed, self.init_std = int(hash_seed), float(init_std)
@@ -103,7 +107,9 @@ class ROBEmbedding(CompressedEmbedding):
         size, ratio = knobs.get("array_size"), knobs.get("compression_ratio", 0.25)
         if size is not None:
             if isinstance(size, bool) or int(size) != size or not 1 <= size < PRIME:
-                raise ConfigError(f"method.array_size={size} must be an integer in [1, 2^31 - 2] (or null)")
+                raise ConfigError(
+                    f"method.array_size={size} must be an integer in [1, 2^31 - 2] (or null)"
+                )
         elif ratio is None:
             raise ConfigError(
                 "method.array_size=null and method.compression_ratio=null leave the array size "

@@ -83,8 +83,16 @@ def resolve_shapes(
     d_factors: Sequence[int] | None,
 ) -> tuple[list[int], list[int], list[int]]:
     """Row factors, dimension factors and the full rank list ``[1, r_1, ..., r_{K-1}, 1]``."""
-    rows = balanced_row_factors(num_ids, num_cores) if n_factors is None else _int_list(n_factors, "n_factors")
-    dims = balanced_dim_factors(embedding_dim, num_cores) if d_factors is None else _int_list(d_factors, "d_factors")
+    rows = (
+        balanced_row_factors(num_ids, num_cores)
+        if n_factors is None
+        else _int_list(n_factors, "n_factors")
+    )
+    dims = (
+        balanced_dim_factors(embedding_dim, num_cores)
+        if d_factors is None
+        else _int_list(d_factors, "d_factors")
+    )
     if math.prod(rows) < num_ids:
         raise ConfigError(
             f"method.n_factors={rows} multiply to {math.prod(rows)} < {num_ids} ids; give factors "
@@ -169,7 +177,9 @@ class TTRecEmbedding(CompressedEmbedding):
         rank = knobs.get("tt_rank", 16)
         if isinstance(rank, (int, float)) and not isinstance(rank, bool):
             if int(rank) != rank or rank < 1:
-                raise ConfigError(f"method.tt_rank={rank} must be an integer >= 1 (e.g. 16) or a list")
+                raise ConfigError(
+                    f"method.tt_rank={rank} must be an integer >= 1 (e.g. 16) or a list"
+                )
         elif len(_int_list(rank, "tt_rank")) != k - 1:
             raise ConfigError(
                 f"method.tt_rank={list(rank)} must hold num_cores - 1 = {k - 1} ranks (or be one integer)"
@@ -190,9 +200,18 @@ class TTRecEmbedding(CompressedEmbedding):
             raise ConfigError(f"method.init_std={knobs['init_std']} must be > 0, e.g. 0.01")
 
     # ---------------------------------------------------------------- forward
+    #: A lookup of at least this fraction of the tensor's rows materialises the table (a few GEMMs)
+    #: and gathers from it instead of contracting per id (many tiny batched matmuls, slow on CPU).
+    dense_fraction = 0.25
+
     def forward(self, ids: Tensor) -> Tensor:
         flat = ids.reshape(-1)
         x = (flat - 1).clamp_min(0)
+        if flat.numel() >= self.dense_fraction * math.prod(self.rows):
+            rows = tt_full(list(self.cores), self.num_ids)
+            return self._zero_padding(
+                ids, F.embedding(x, rows).reshape(*ids.shape, self.embedding_dim)
+            )
         digits = torch.div(x.unsqueeze(1), self.strides, rounding_mode="floor") % self.radices
         batch = flat.numel()
         res: Tensor | None = None
@@ -202,7 +221,9 @@ class TTRecEmbedding(CompressedEmbedding):
             if res is None:
                 res = piece.reshape(batch, d, r_out)
             else:  # (B, D, r_in) @ (B, r_in, d * r_out) -> (B, D * d, r_out)
-                res = torch.bmm(res, piece.reshape(batch, r_in, d * r_out)).reshape(batch, -1, r_out)
+                res = torch.bmm(res, piece.reshape(batch, r_in, d * r_out)).reshape(
+                    batch, -1, r_out
+                )
         assert res is not None
         return self._zero_padding(ids, res.reshape(*ids.shape, self.embedding_dim))
 

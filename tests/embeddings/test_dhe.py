@@ -44,9 +44,13 @@ def test_encodings_distributions() -> None:
     ids = torch.arange(1, 2001)
     uniform = encode(ids, a, b, 1_000_000, "uniform")
     assert uniform.min() >= -1 and uniform.max() <= 1
-    assert abs(uniform.mean().item()) < 0.01 and uniform.std().item() == pytest.approx(3**-0.5, rel=0.01)
+    assert abs(uniform.mean().item()) < 0.01 and uniform.std().item() == pytest.approx(
+        3**-0.5, rel=0.01
+    )
     gaussian = encode(ids, a, b, 1_000_000, "gaussian")
-    assert abs(gaussian.mean().item()) < 0.01 and gaussian.std().item() == pytest.approx(1.0, rel=0.01)
+    assert abs(gaussian.mean().item()) < 0.01 and gaussian.std().item() == pytest.approx(
+        1.0, rel=0.01
+    )
     assert torch.unique(uniform, dim=0).shape[0] == 2000  # every id its own encoding
 
 
@@ -113,7 +117,9 @@ def test_solve_budget_largest_width_from_below() -> None:
 
 def test_solve_budget_minimum() -> None:
     # width 1: 1025 + 4*2 + 2*64 = 1161 floats of 128000 = 0.00907...
-    with pytest.raises(ConfigError, match=r"smallest achievable budget is 0\.00907\d* \(hidden_dim=1\)"):
+    with pytest.raises(
+        ConfigError, match=r"smallest achievable budget is 0\.00907\d* \(hidden_dim=1\)"
+    ):
         DHEmbedding.solve_budget(0.005, 2000, 64)
 
 
@@ -121,7 +127,10 @@ def test_solve_budget_minimum() -> None:
     ("knobs", "message"),
     [
         ({"num_hashes": 0}, "method.num_hashes=0"),
-        ({"encoding": "gaussian", "num_hashes": 1023}, "must be even with method.encoding=gaussian"),
+        (
+            {"encoding": "gaussian", "num_hashes": 1023},
+            "must be even with method.encoding=gaussian",
+        ),
         ({"encoding": "binary"}, "method.encoding=binary is unknown"),
         ({"hash_range": 2**31}, "method.hash_range="),
         ({"hidden_dim": 0}, "method.hidden_dim=0"),
@@ -133,3 +142,15 @@ def test_check_knobs(knobs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         DHEmbedding.check_knobs(64, **knobs)
     assert "\n" not in str(err.value)
+
+
+def test_encoding_cache_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = DHEmbedding(501, 16, num_hashes=64, hidden_dim=16, num_layers=2, encoding="gaussian")
+    layer.eval()
+    ids = torch.randint(0, 501, (40,))
+    with torch.no_grad():
+        cached = layer(ids)
+        assert layer.encodings is not None and layer.encodings.shape == (501, 64)
+        assert "encodings" not in layer.state_dict()
+        monkeypatch.setattr(DHEmbedding, "encoding_cache_limit", 0)
+        assert torch.equal(layer(ids), cached)

@@ -81,8 +81,13 @@ def test_solve_budget() -> None:
     for budget in (0.01, 0.1, 0.25):
         m = ROBEmbedding.solve_budget(budget, n, d, block_size=8)["array_size"]
         assert m / (n * d) <= budget < (m + 1) / (n * d)
-    assert ROBEmbedding.solve_budget(0.25, n, d) == {"array_size": 32_000, "compression_ratio": None}
-    with pytest.raises(ConfigError, match=r"smallest achievable budget is 7\.8125e-06 \(array_size=1\)"):
+    assert ROBEmbedding.solve_budget(0.25, n, d) == {
+        "array_size": 32_000,
+        "compression_ratio": None,
+    }
+    with pytest.raises(
+        ConfigError, match=r"smallest achievable budget is 7\.8125e-06 \(array_size=1\)"
+    ):
         ROBEmbedding.solve_budget(1e-6, n, d)
 
 

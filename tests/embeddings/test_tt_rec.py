@@ -20,7 +20,11 @@ def test_reference_library_parameter_count_by_hand() -> None:
     cores = 1 * 120 * 4 * 12 + 12 * 90 * 4 * 14 + 14 * 110 * 4 * 1
     assert cores == 5_760 + 60_480 + 6_160 == 72_400
     assert layer.serving_bits() == 32 * 72_400
-    assert [tuple(c.shape) for c in layer.cores] == [(120, 1, 4, 12), (90, 12, 4, 14), (110, 14, 4, 1)]
+    assert [tuple(c.shape) for c in layer.cores] == [
+        (120, 1, 4, 12),
+        (90, 12, 4, 14),
+        (110, 14, 4, 1),
+    ]
     # 64,000,000 floats -> 72,400: 884x smaller.
     assert 32 * 1_000_000 * 64 // layer.serving_bits() == 883
 
@@ -82,7 +86,9 @@ def test_solve_budget_largest_rank_from_below() -> None:
 
 def test_solve_budget_minimum() -> None:
     # rank 1: 52 + 52 + 48 = 152 floats of 128000
-    with pytest.raises(ConfigError, match=r"smallest achievable budget is 0\.0011875 \(tt_rank=1\)"):
+    with pytest.raises(
+        ConfigError, match=r"smallest achievable budget is 0\.0011875 \(tt_rank=1\)"
+    ):
         TTRecEmbedding.solve_budget(0.001, 2000, 64)
 
 
@@ -106,3 +112,20 @@ def test_check_knobs(knobs: dict, message: str) -> None:
 def test_row_factors_must_cover_the_ids() -> None:
     with pytest.raises(ConfigError, match=r"multiply to 1000 < 2000 ids"):
         TTRecEmbedding(2001, 64, n_factors=[10, 10, 10])
+
+
+def test_large_lookups_gather_from_the_materialised_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = TTRecEmbedding(301, 16, tt_rank=[3, 4])
+    ids = torch.randint(0, 301, (5, 40))
+    weights = torch.randn(5, 40, 16)
+    results = []
+    for fraction in (0.0, float("inf")):  # always dense, never dense
+        monkeypatch.setattr(TTRecEmbedding, "dense_fraction", fraction)
+        layer.zero_grad()
+        out = layer(ids)
+        (out * weights).sum().backward()
+        results.append((out.detach(), [c.grad.clone() for c in layer.cores]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-7)
+    for dense, per_id in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(dense, per_id, rtol=1e-4, atol=1e-7)
+    assert torch.all(results[0][0][ids == 0] == 0)
