@@ -33,3 +33,10 @@ from recbench.embeddings.learned_quant import LearnedQuantEmbedding  # noqa: E40
 from recbench.embeddings.pep import PEPEmbedding  # noqa: E402
 
 __all__ += ["CCEmbedding", "LearnedQuantEmbedding", "PEPEmbedding"]
+
+# Tensor-train, deep-hash and random-offset-block methods (issue 16).
+from recbench.embeddings.dhe import DHEmbedding  # noqa: E402
+from recbench.embeddings.robe import ROBEmbedding  # noqa: E402
+from recbench.embeddings.tt_rec import TTRecEmbedding  # noqa: E402
+
+__all__ += ["DHEmbedding", "ROBEmbedding", "TTRecEmbedding"]
