@@ -75,6 +75,7 @@ def load_data(cfg: DictConfig) -> PreparedData:
         rating_range=None if ds.rating_range is None else tuple(ds.rating_range),
         min_user_count=ds.min_user_count,
         min_item_count=ds.min_item_count,
+        duplicates=ds.get("duplicates", "keep"),
     )
 
 
