@@ -35,8 +35,32 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+_state = {"depth": 0, "pending": 0}
+
+
 def _raise(signum: int, frame: object) -> None:
+    if _state["depth"] > 0:  # inside a store write: raise when it is done (``critical``)
+        _state["pending"] = signum
+        return
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def critical() -> Iterator[None]:
+    """A block the signal exception must not cut in half (a database write: interrupted half-way,
+    sqlite keeps its write lock and the run could not even record that it was killed). A signal
+    that arrives inside is raised as ``Interrupted`` when the outermost block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _state["depth"] += 1
+    try:
+        yield
+    finally:
+        _state["depth"] -= 1
+        if _state["depth"] == 0 and _state["pending"]:
+            signum, _state["pending"] = _state["pending"], 0
+            raise Interrupted(signum)
 
 
 @contextlib.contextmanager
@@ -47,6 +71,7 @@ def signals_raise() -> Iterator[None]:
         yield
         return
     previous = {s: signal.signal(s, _raise) for s in CAUGHT}
+    _state["pending"] = 0
     try:
         yield
     finally:

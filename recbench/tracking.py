@@ -594,10 +594,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _retry(action, attempts: int = 8, delay: float = 0.25, transient: tuple[str, ...] = ("locked",)):  # noqa: ANN001, ANN202
-    """Retry store writes that hit sqlite's 'database is locked' under parallel sweeps."""
+    """Retry store writes that hit sqlite's 'database is locked' under parallel sweeps. Each
+    attempt is a ``critical`` block: a signal never interrupts a write half-way."""
+    from recbench.interrupts import critical
+
     for attempt in range(attempts):
         try:
-            return action()
+            with critical():
+                return action()
         except Exception as exc:  # noqa: BLE001 - mlflow wraps sqlite errors in several types
             text = str(exc).lower()
             if not any(t in text for t in transient) or attempt == attempts - 1:

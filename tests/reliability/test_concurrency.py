@@ -18,6 +18,7 @@ def sweep(tmp: Path, store: str, name: str, *args: str) -> list[str]:
     return recbench_cmd([*TINY, *args], store, tmp / name, multirun=True)
 
 
+@pytest.mark.slow  # 161 s wall on 2 loaded cores (65 s CPU): 4 processes, a store migration
 def test_two_sweeps_in_the_same_second_on_a_new_store(tmp_path: Path) -> None:
     """The acceptance case: 2 x 3 runs, new sqlite store, started together; then both again."""
     store = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"  # does not exist yet
