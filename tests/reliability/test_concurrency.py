@@ -24,7 +24,7 @@ def test_two_sweeps_in_the_same_second_on_a_new_store(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"  # does not exist yet
     args = {"a": ("train.lr=0.01", "seed=0,1,2"), "b": ("train.lr=0.002", "seed=0,1,2")}
     procs = {k: start(sweep(tmp_path, store, k, *a), tmp_path) for k, a in args.items()}
-    for name, proc in procs.items():
+    for proc in procs.values():
         rc, out, err = finish(proc)
         assert rc == 0, err[-3000:]
         assert "recbench sweep: 3 FINISHED" in out, out[-1500:]
