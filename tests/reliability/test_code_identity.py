@@ -74,3 +74,17 @@ def test_resume_needs_the_same_code_unless_any_code(tmp_path: Path, store: str) 
     again = run(recbench_cmd([*TINY, "resume=any_code", f"hydra.run.dir={tmp_path / 'c'}"], store, tmp_path),
                 tmp_path, RECBENCH_CODE_ID="code-3")  # fmt: skip
     assert again.returncode == 0 and "skipped, identical run" in again.stdout
+
+
+def test_report_warns_when_a_cell_mixes_code_versions() -> None:
+    import pandas as pd
+
+    from recbench.report.cli import mixed_code_notes
+    from recbench.report.tables import GROUP_KEYS
+
+    cell = {k: "v" for k in GROUP_KEYS}
+    mixed = pd.DataFrame([{**cell, "code_identity": "git-a"}, {**cell, "code_identity": "git-b"}])
+    (note,) = mixed_code_notes(mixed)
+    assert "2 code versions" in note and "git-a" in note
+    same = pd.DataFrame([{**cell, "code_identity": "git-a"}] * 2)
+    assert mixed_code_notes(same) == []
