@@ -124,10 +124,15 @@ def test_read_only_checks_without_permissions(tmp_path: Path, monkeypatch) -> No
 
 
 def test_earlier_results_stay_readable_after_a_failed_command(tmp_path: Path, store: str) -> None:
-    ok = run(recbench_cmd([*TINY, f"hydra.run.dir={tmp_path / 'good'}"], store, tmp_path), tmp_path)
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    bad = run(recbench_cmd([*TINY, "method.budget=abc"], store, tmp_path), tmp_path)
-    assert bad.returncode == 2 and len(one_line_error(bad.stderr)) == 1
+    from recbench.tracking import MlflowTracker
+
+    earlier = MlflowTracker(store, "synthetic", str(tmp_path / "artifacts"))
+    earlier.open()
+    assert earlier.claim("earlier", {"config_hash": "h"}, config_hash="h", code_identity="c") is None
+    earlier.log_metrics({"test/hr_at_10": 0.5})
+    earlier.finish("FINISHED")
+    for bad in (["method.budget=abc"], [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}/x"]):
+        proc = run(recbench_cmd([*TINY, *bad], store, tmp_path), tmp_path)
+        assert proc.returncode == 2 and len(one_line_error(proc.stderr)) == 1, proc.stderr[-2000:]
     (finished,) = runs_of(store)
-    assert finished.info.status == "FINISHED"
-    assert (tmp_path / "good" / "metrics.json").is_file()
+    assert finished.info.status == "FINISHED" and finished.data.metrics["test/hr_at_10"] == 0.5
