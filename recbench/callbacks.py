@@ -1,5 +1,6 @@
 """Hydra callbacks: the tracking store prepared before parallel runs start, and a summary at the
-end of a sweep, so a failed run is never lost in the scroll."""
+end of a sweep, so a failed run is never lost in the scroll (and the sweep's exit status says so:
+``recbench.run.cli`` exits 1 when ``LAST_SWEEP["failed"]``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+#: Statuses of a run folder that mean the configuration is done (SKIPPED: a twin FINISHED or is
+#: being trained by another live process).
+OK_STATUSES = ("FINISHED", "SKIPPED")
+#: Set by ``SweepSummary.on_multirun_end`` in the launching process: ``{"failed": n, "runs": n}``.
+LAST_SWEEP: dict[str, int] = {}
 
 
 def sweep_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -35,7 +42,7 @@ def summarize(records: list[dict[str, Any]]) -> str:
     head = "recbench sweep: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines = [head or "recbench sweep: no runs"]
     for r in records:
-        if r.get("status") not in ("FINISHED", "SKIPPED"):
+        if r.get("status") not in OK_STATUSES:
             lines.append(f"  {r.get('status')}: {r['run_dir']}: {r.get('error', '')}")
     return "\n".join(lines)
 
@@ -45,11 +52,20 @@ class SweepSummary(Callback):
     skips callbacks; rerunning the same sweep then completes only the missing runs.)"""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        LAST_SWEEP.clear()
         if config.tracking.enabled:
-            from recbench.tracking import prepare_store
+            import sys
 
-            prepare_store(config.tracking.uri)
+            from recbench.tracking import StoreError, prepare_store
+
+            try:
+                prepare_store(config.tracking.uri)
+            except StoreError as exc:  # Hydra turns a callback's exception into a warning
+                print(f"recbench: error: {exc}", file=sys.stderr, flush=True)
+                sys.exit(exc.exit_code)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         records = sweep_records(config.hydra.sweep.dir)
         print(summarize(records), flush=True)
+        LAST_SWEEP["runs"] = len(records)
+        LAST_SWEEP["failed"] = sum(r.get("status") not in OK_STATUSES for r in records)

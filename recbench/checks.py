@@ -18,7 +18,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from recbench.errors import ConfigError
+from recbench.errors import ConfigError, RecbenchError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("dataset", "model", "method", "train", "eval", "tracking", "experiment")
@@ -115,8 +115,9 @@ def explain(exc: BaseException) -> str:
     return text.split(" Set the environment variable HYDRA_FULL_ERROR")[0]
 
 
-def preflight(argv: list[str]) -> str | None:
-    """Compose the configuration(s) of a command line; return a one-line error or None."""
+def preflight(argv: list[str], destinations: bool = False) -> str | None:
+    """Compose the configuration(s) of a command line; return a one-line error or None. With
+    ``destinations``, also check where the run will write (``check_destinations``)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -130,11 +131,13 @@ def preflight(argv: list[str]) -> str | None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            for variant in variants:
+            for number, variant in enumerate(variants):
                 try:
                     cfg = compose("config", overrides=variant)
                     check_run_config(cfg)
-                except ConfigError as exc:
+                    if destinations and number == 0:
+                        check_destinations(cfg, argv)
+                except RecbenchError as exc:
                     return str(exc)
                 except Exception as exc:  # noqa: BLE001
                     return explain(exc)
@@ -197,3 +200,100 @@ def check_run_config(cfg: DictConfig) -> None:
         raise ConfigError(f"train.lr={cfg.train.lr} must be > 0, e.g. 0.001")
     if cfg.eval.k < 1:
         raise ConfigError(f"eval.k={cfg.eval.k} must be >= 1")
+    check_record_keys(cfg)
+
+
+_EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+ -]{0,199}$")
+RESUME_MODES = ("same_code", "any_code")
+DUPLICATE_POLICIES = ("keep", "first", "last", "error")
+SEED_MAX = 2**32 - 1
+
+
+def check_record_keys(cfg: DictConfig) -> None:
+    """Seed, budget, resume mode, duplicate policy and experiment name (nothing here needs data)."""
+    seed = cfg.seed
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed={seed} is out of range; give an integer in 0..{SEED_MAX}")
+    for where in ("method", "user_method"):
+        node = cfg.get(where)
+        if node is None or node.get("budget") is None:
+            continue
+        raw = node.budget
+        try:
+            budget = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{where}.budget={raw} is not a number; give a fraction of the full size in (0, 1], "
+                f"e.g. {where}.budget=0.25"
+            ) from None
+        if not 0 < budget <= 1:
+            raise ConfigError(
+                f"{where}.budget={raw} is outside (0, 1]: the budget is a fraction of the full float32 "
+                f"size (1 = no compression); e.g. {where}.budget=0.25"
+            )
+    resume = cfg.get("resume", "same_code")
+    if resume not in RESUME_MODES:
+        raise ConfigError(f"resume={resume} is unknown; choose one of {', '.join(RESUME_MODES)}")
+    duplicates = cfg.dataset.get("duplicates", "keep")
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ConfigError(
+            f"dataset.duplicates={duplicates} is unknown; choose one of {', '.join(DUPLICATE_POLICIES)}"
+        )
+    name = cfg.tracking.get("experiment")
+    if name is not None and (not _EXPERIMENT_NAME.match(str(name)) or ".." in str(name)):
+        raise ConfigError(
+            f"tracking.experiment={name!r} is not a plain name (it names a folder under "
+            "tracking.artifact_root); use letters, digits and - _ . + or spaces, no '/' or '..'"
+        )
+    if cfg.eval.get("protocol") == "sampled" and cfg.eval.k > cfg.eval.num_sampled:
+        raise ConfigError(
+            f"eval.k={cfg.eval.k} is at least the {cfg.eval.num_sampled + 1} candidates of the sampled "
+            f"protocol, so every hit rate would be 1; use eval.k <= {cfg.eval.num_sampled}"
+        )
+
+
+def check_data_fit(cfg: DictConfig, data: Any) -> None:
+    """Checks that need the loaded data's size (right after loading, before any model is built)."""
+    if data.task != "rating" and cfg.eval.get("protocol", "full") == "full" and cfg.eval.k >= data.num_items:
+        raise ConfigError(
+            f"eval.k={cfg.eval.k} is not below the {data.num_items} items of {data.name}, so every "
+            f"user's hit rate would be 1; use a smaller eval.k (e.g. 10)"
+        )
+
+
+def _static_prefix(path: str) -> str:
+    """The part of a (possibly interpolated) path before its first ``${...}``."""
+    head = path.split("${", 1)[0]
+    return head.rsplit("/", 1)[0] if "${" in path and "/" in head else (head or ".")
+
+
+def check_destinations(cfg: DictConfig, argv: list[str]) -> None:
+    """Where a run writes, checked before Hydra creates anything: the run/sweep folder (not a
+    file, writable), the tracking store (reachable server, sqlite file that is a database and
+    writable) and the artifact folder. Raises a RecbenchError (one line)."""
+    from recbench.tracking import (
+        StoreError,
+        check_sqlite_file,
+        probe_server,
+        sqlite_path,
+        writable_dir_problem,
+    )
+
+    given = dict(o.split("=", 1) for o in split_overrides(argv) if "=" in o)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = _static_prefix(given.get(key, "outputs/multirun/x" if multirun else "outputs/runs/x"))
+    problem = writable_dir_problem(Path(folder), "the output folder")
+    if problem:
+        raise ConfigError(f"{problem}; run from a writable folder or set {key}=...")
+    if not cfg.tracking.enabled:
+        return
+    uri = str(cfg.tracking.uri)
+    path = sqlite_path(uri)
+    if uri.startswith(("http://", "https://")):
+        probe_server(uri, "tracking.uri")
+    elif path is not None:
+        check_sqlite_file(path, "tracking.uri")
+        problem = writable_dir_problem(Path(cfg.tracking.artifact_root), "tracking.artifact_root")
+        if problem:
+            raise StoreError(f"{problem}; point tracking.artifact_root at a writable folder or pass tracking=none")

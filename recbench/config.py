@@ -9,11 +9,31 @@ Hydra composes the configuration, before any data is loaded. Groups whose conten
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+#: One id per launch, shared with the launch's worker processes through the environment (joblib
+#: and submitit workers inherit it): the ``${recbench_uid:}`` suffix of run and sweep folders, so
+#: that two launches in the same second never share a folder (Hydra's ``now`` has 1 s resolution
+#: in the sweep folder's name).
+LAUNCH_ID_ENV = "RECBENCH_LAUNCH_ID"
+
+
+def new_launch() -> str:
+    """Start a launch (``recbench.run.cli``): a fresh ``<pid>-<4 random hex digits>`` in the
+    environment, which the launch's workers inherit."""
+    os.environ[LAUNCH_ID_ENV] = f"{os.getpid()}-{secrets.token_hex(2)}"
+    return os.environ[LAUNCH_ID_ENV]
+
+
+def launch_id() -> str:
+    """The current launch's id (inherited by workers; a new one when none was started)."""
+    return os.environ.get(LAUNCH_ID_ENV) or new_launch()
 
 
 @dataclass
@@ -29,6 +49,7 @@ class DatasetConfig:
     rating_split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     loader: Any = MISSING
     categories: Any = None  # item -> category names (e.g. genres), for the report's Figure 8
+    duplicates: str = "keep"  # repeated (user, item) events: keep | first | last | error
 
 
 @dataclass
@@ -87,11 +108,13 @@ class RecbenchConfig:
     seed: int = 0
     preset: str | None = None
     force: bool = False
+    resume: str = "same_code"  # same_code: reuse only FINISHED runs of identical code; any_code
 
 
 def register_configs() -> None:
-    """Put the schema into Hydra's ConfigStore (idempotent)."""
+    """Put the schema into Hydra's ConfigStore and the ``recbench_uid`` resolver (idempotent)."""
     ConfigStore.instance().store(name="schema", node=RecbenchConfig)
+    OmegaConf.register_new_resolver("recbench_uid", launch_id, use_cache=True, replace=True)
 
 
 register_configs()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import recbench.config  # noqa: F401 - registers the schema with Hydra
-from recbench.checks import check_run_config, preflight
+from recbench import callbacks, provenance
+from recbench.checks import check_data_fit, check_run_config, preflight
 from recbench.data.prepared import PreparedData, prepare
 from recbench.embeddings.base import BudgetedFactory, EmbeddingFactory, embedding_layers
 from recbench.errors import RecbenchError
+from recbench.interrupts import Interrupted, as_interrupted, signals_deferred, signals_raise
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size
 from recbench.tasks import build_task
-from recbench.tracking import cell_hash, config_hash, flatten, make_tracker
+from recbench.tracking import StoreError, Twin, cell_hash, config_hash, flatten, make_tracker
 from recbench.training import fit, resolve_device
 
 log = logging.getLogger("recbench")
@@ -71,6 +75,7 @@ def load_data(cfg: DictConfig) -> PreparedData:
         rating_range=None if ds.rating_range is None else tuple(ds.rating_range),
         min_user_count=ds.min_user_count,
         min_item_count=ds.min_item_count,
+        duplicates=ds.get("duplicates", "keep"),
     )
 
 
@@ -96,7 +101,8 @@ def build_model(cfg: DictConfig, data: PreparedData) -> Recommender:
 
 
 def run_identity(cfg: DictConfig) -> dict[str, str]:
-    """Tags that identify a run (and let sweeps find finished twins)."""
+    """Tags that identify a run (and let sweeps find finished twins), the code's identity included
+    (``recbench.provenance``: version, git commit, dirty flag)."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     resolved = OmegaConf.to_container(cfg, resolve=True)
     user_method = choices.get("method@user_method") or choices.get("user_method")
@@ -112,14 +118,30 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
         "budget": "" if cfg.method.get("budget") is None else str(cfg.method.budget),
         "config_hash": config_hash(resolved),
         "cell_hash": cell_hash(resolved),
+        **provenance.current(),
     }
 
 
+@dataclass
+class Progress:
+    """What a run has done so far, kept outside the training call so that a run stopped half-way
+    (a signal, an error) still records its per-epoch history."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
 def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run one combination end to end; returns the metrics that were recorded."""
+    """Run one combination end to end; returns the metrics that were recorded.
+
+    Order matters: every check that needs no data (config, output folder, tracking store) comes
+    first, then the configuration is claimed in the store (``MlflowTracker.claim``: skipped when a
+    twin FINISHED or is running), and only then is data loaded. Any end is recorded: FINISHED,
+    FAILED (an exception) or KILLED (SIGTERM/SIGHUP/SIGINT, re-raised as ``Interrupted``)."""
     started = time.perf_counter()
     check_run_config(cfg)
     device = resolve_device(cfg.train.device)
+    if not os.access(run_dir, os.W_OK):
+        raise StoreError(f"the run folder {run_dir} is read-only; run from a writable folder or set hydra.run.dir")
     identity = run_identity(cfg)
     tracker = make_tracker(
         cfg.tracking.enabled,
@@ -127,37 +149,96 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         cfg.tracking.experiment or cfg.dataset.name,
         cfg.tracking.artifact_root,
     )
+    tracker.open()
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if not cfg.get("force", False):
-        done = tracker.find_finished(identity["config_hash"])
-        if done is not None:
-            log.info(
-                "skipping: run %s (%s) already FINISHED with this configuration (config_hash %s); "
-                "pass force=true to run it again", done["run_id"], done["run_dir"],
-                identity["config_hash"],
-            )
-            _write_json(run_dir / "metrics.json", {"status": "SKIPPED", "same_as": done, **identity})
-            print(f"recbench: skipped, identical run {done['run_id']} already FINISHED (force=true reruns it)")
-            return {"status": "SKIPPED", **done["metrics"]}
+    any_code = cfg.get("resume", "same_code") == "any_code"
     run_name = f"{identity['model']}-{identity['method']}-s{cfg.seed}"
-    try:
-        tracker.start(run_name, {**identity, "run_dir": str(run_dir)}, flatten(resolved))
-        metrics = _train_and_evaluate(cfg, device, tracker, run_dir, started)
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        message = str(exc) if isinstance(exc, RecbenchError) else f"{type(exc).__name__}: {exc}"
-        _write_json(run_dir / "metrics.json", {"status": status, "error": message, **identity})
-        tracker.finish(status, error=message)
-        raise
+    progress = Progress()
+    with signals_raise():
+        try:
+            twin = tracker.claim(
+                run_name,
+                {**identity, "run_dir": str(run_dir)},
+                config_hash=identity["config_hash"],
+                code_identity=None if any_code else identity["code_identity"],
+                reuse_finished=any_code or provenance.reusable(identity),
+                force=bool(cfg.get("force", False)),
+            )
+            if twin is not None:
+                return _skip(twin, identity, run_dir)
+            with tracker.heartbeat():
+                tracker.log_params(flatten(resolved))
+                metrics = _train_and_evaluate(cfg, device, tracker, run_dir, started, progress)
+        except BaseException as exc:
+            interrupted = as_interrupted(exc)
+            with signals_deferred():
+                _record_end(cfg, exc, interrupted, identity, progress, tracker, run_dir)
+            if interrupted is not None:
+                raise interrupted from None
+            raise
     tracker.finish("FINISHED")
     return metrics
 
 
+def _skip(twin: Twin, identity: dict[str, str], run_dir: Path) -> dict[str, Any]:
+    """Record in the run folder that a twin made this run unnecessary (no MLflow run is left)."""
+    if twin.status == "FINISHED":
+        log.info(
+            "skipping: run %s (%s) already FINISHED with this configuration and code "
+            "(config_hash %s); pass force=true to run it again", twin.run_id, twin.run_dir,
+            identity["config_hash"],
+        )
+        note = f"recbench: skipped, identical run {twin.run_id} already FINISHED (force=true reruns it)"
+    else:
+        log.info("skipping: run %s (%s) is training this configuration right now", twin.run_id, twin.run_dir)
+        note = f"recbench: skipped, identical run {twin.run_id} is RUNNING in another process ({twin.run_dir})"
+    _write_json(run_dir / "metrics.json", {"status": "SKIPPED", "same_as": twin.as_dict(), **identity})
+    print(note, flush=True)
+    return {"status": "SKIPPED", **twin.metrics}
+
+
+def _record_end(
+    cfg: DictConfig,
+    exc: BaseException,
+    interrupted: Interrupted | None,
+    identity: dict[str, str],
+    progress: Progress,
+    tracker: Any,
+    run_dir: Path,
+) -> None:
+    """Write metrics.json (with the history so far) and end the MLflow run FAILED or KILLED."""
+    epochs = len(progress.history)
+    if interrupted is not None:
+        status = "KILLED"
+        message = f"stopped by {interrupted.name} after {epochs} of {cfg.train.epochs} epochs"
+        interrupted.detail = message
+    else:
+        status = "FAILED"
+        message = str(exc) if isinstance(exc, RecbenchError) else f"{type(exc).__name__}: {exc}"
+    record = {"status": status, "error": message, **identity, "epochs_done": epochs, "history": progress.history}
+    try:
+        _write_json(run_dir / "metrics.json", record)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as err:
+        log.error("could not write %s: %s", run_dir / "metrics.json", err)
+    try:
+        tracker.finish(status, error=message)
+    except Exception as err:  # noqa: BLE001 - never hide the original error behind the store's
+        log.error("could not record the run as %s in MLflow: %s", status, err)
+
+
 def _train_and_evaluate(
-    cfg: DictConfig, device: torch.device, tracker: Any, run_dir: Path, started: float
+    cfg: DictConfig,
+    device: torch.device,
+    tracker: Any,
+    run_dir: Path,
+    started: float,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
+    progress = progress if progress is not None else Progress()
     seed_everything(cfg.seed)
     data = load_data(cfg)
+    check_data_fit(cfg, data)
     data_seconds = time.perf_counter() - started
     for note in data.notes:
         log.warning("%s", note)
@@ -193,9 +274,7 @@ def _train_and_evaluate(
         patience=cfg.train.patience,
         monitor=parts.monitor if parts.has_validation else None,
         validate=validate if parts.has_validation else None,
-        on_epoch=lambda epoch, row: tracker.log_metrics(
-            {k: v for k, v in row.items() if k != "epoch"}, step=epoch
-        ),
+        on_epoch=lambda epoch, row: _on_epoch(tracker, progress, epoch, row),
         seed=cfg.seed,
         progress=cfg.train.progress,
         sparse=cfg.train.sparse,
@@ -244,6 +323,13 @@ def _train_and_evaluate(
     tracker.log_artifact(run_dir / "config.yaml")
     _print_summary(cfg, data, metrics)
     return metrics
+
+
+def _on_epoch(tracker: Any, progress: Progress, epoch: int, row: dict[str, Any]) -> None:
+    """Per epoch: log the metrics, refresh the heartbeat, keep the history for a stopped run."""
+    progress.history.append({"epoch": epoch, **{k: v for k, v in row.items() if k != "epoch"}})
+    tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    tracker.beat()
 
 
 def _export_serving(
@@ -301,12 +387,25 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra entry point. User errors print one line and exit non-zero; in a sweep a failed run is
-    recorded (FAILED in MLflow, metrics.json with the error) and the sweep goes on."""
+    recorded (FAILED in MLflow, metrics.json with the error) and the sweep goes on. A signal
+    (SIGTERM/SIGHUP/SIGINT) records the run KILLED, prints one line and exits 128 + signal number,
+    in a sweep too (the launcher is being stopped)."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         return execute(cfg, run_dir)
+    except Interrupted as exc:
+        detail = getattr(exc, "detail", str(exc))
+        print(
+            f"recbench: {detail}; recorded KILLED (history so far in {run_dir / 'metrics.json'}); "
+            "rerun the same command to train it",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("recbench: stopped by SIGINT before the run started", file=sys.stderr, flush=True)
+        sys.exit(130)
     except RecbenchError as exc:
         print(f"recbench: error: {exc}", file=sys.stderr, flush=True)
         if not multirun:
@@ -321,14 +420,22 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def cli() -> None:
-    """Check the command line's configuration first (one-line errors), then hand over to Hydra."""
+    """Check the command line's configuration and destinations first (one-line errors, exit 2),
+    then hand over to Hydra. A sweep in which any run FAILED or left no record exits 1."""
     argv = sys.argv[1:]
-    if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
-        problem = preflight(argv)
-        if problem:
-            print(f"recbench: error: {problem}", file=sys.stderr)
-            sys.exit(2)
-    main()
+    recbench.config.new_launch()
+    try:
+        if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
+            problem = preflight(argv, destinations=True)
+            if problem:
+                print(f"recbench: error: {problem}", file=sys.stderr)
+                sys.exit(2)
+        main()
+    except KeyboardInterrupt:
+        print("recbench: stopped by SIGINT", file=sys.stderr, flush=True)
+        sys.exit(130)
+    if callbacks.LAST_SWEEP.get("failed"):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@ Layout of ``<run_dir>/serving/``:
   ``*_raw[i - 1]``; row 0 is padding). A server needs it to map requests to rows; like the papers,
   the size accounting leaves it out (it is the same for every method).
 
+Trust (format ``recbench-serving/2``): the manifest, written last, records the sha256 of every other
+file (``files``) and of itself (``manifest_sha256``, computed with that value zeroed), and ``verify``
+checks them before anything is loaded, so one flipped byte anywhere fails with one line naming the
+file. Loading never runs code named by the artifact: the backbone must be a ``Recommender`` class
+defined under ``recbench.models`` and every layer a ``CompressedEmbedding`` under
+``recbench.embeddings`` (``allowed_class``); nothing is passed to Hydra's ``instantiate``. Artifacts
+of format 1 (no checksums) still load but do not verify; re-export them.
+
 Loading (``load_model``) rebuilds the backbone with plain ``FullEmbedding`` layers whose tables are
 decoded from the artifact by each method's ``table_from_serving``, then loads the other parameters.
 Safetensors' fixed overhead is an 8-byte length plus a JSON header; ``payload_bytes`` excludes both.
@@ -32,7 +40,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
+import importlib
 import json
+import re
 import struct
 import sys
 from collections.abc import Mapping
@@ -42,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import get_class, instantiate
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -52,7 +63,11 @@ from recbench.errors import DataError, RecbenchError
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size
 
-FORMAT = "recbench-serving/1"
+FORMAT = "recbench-serving/2"
+#: Formats ``load_model`` reads (1: before checksums; ``verify`` refuses it).
+READABLE_FORMATS = ("recbench-serving/1", FORMAT)
+_DIGEST_KEY = "manifest_sha256"
+_HYDRA_KEYS = ("_partial_", "_recursive_", "_convert_")
 FOLDER = "serving"
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
@@ -159,19 +174,51 @@ def export(
         "other": sorted(k.removeprefix("other/") for k in tensors if k.startswith("other/")),
         "size": asdict(report) | {"formula_bytes": report.formula_bytes},
     }
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     if contexts is not None:
         contexts = contexts.to(_device(model))
         scores = model.score_all(contexts).float().cpu().contiguous()
         save_file({"contexts": contexts.cpu().contiguous(), "scores": scores}, str(directory / REFERENCE))
     if raw_ids is not None:
         np.savez(directory / IDS, user_raw=np.asarray(raw_ids[0]), item_raw=np.asarray(raw_ids[1]))
+    manifest["files"] = {
+        name: sha256_file(directory / name)
+        for name in (WEIGHTS, REFERENCE, IDS)
+        if (directory / name).is_file()
+    }
+    write_manifest(directory / MANIFEST, manifest)
     model.train(was_training)
     return report
 
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(iter(model.parameters())).device
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _zeroed(text: bytes) -> tuple[bytes, str] | None:
+    """The manifest's bytes with its own digest replaced by zeros, and that digest; None when the
+    manifest holds no digest."""
+    match = re.search(rb'"' + _DIGEST_KEY.encode() + rb'": "([0-9a-f]{64})"', text)
+    if match is None:
+        return None
+    return text[: match.start(1)] + b"0" * 64 + text[match.end(1) :], match.group(1).decode()
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest with its own sha256 (over the file's bytes with that value zeroed)."""
+    body = dict(manifest)
+    body[_DIGEST_KEY] = "0" * 64
+    text = json.dumps(body, indent=2, default=str).encode()
+    digest = hashlib.sha256(text).hexdigest()
+    path.write_bytes(text.replace(f'"{_DIGEST_KEY}": "{"0" * 64}"'.encode(), f'"{_DIGEST_KEY}": "{digest}"'.encode()))
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -181,17 +228,105 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
             f"no serving manifest at {path}; export the run first with "
             f"`python -m recbench.serving export {Path(directory).parent}`"
         )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable JSON manifest ({type(exc).__name__}); re-export the run") from None
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise DataError(f"{path} has format {got!r}, expected {FORMAT!r}")
     return manifest
+
+
+def check_files(directory: str | Path) -> dict[str, Any]:
+    """The manifest after checking its own digest and every file's sha256; DataError (one line
+    naming the file) on any difference. Artifacts of format 1 have no checksums: an error too."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    path = directory / MANIFEST
+    zeroed = _zeroed(path.read_bytes())
+    if manifest.get("format") != FORMAT or zeroed is None or not isinstance(manifest.get("files"), dict):
+        raise DataError(
+            f"{path} records no checksums (written by an older recbench); re-export with "
+            f"`python -m recbench.serving export {directory.parent}`"
+        )
+    text, recorded = zeroed
+    if hashlib.sha256(text).hexdigest() != recorded:
+        raise DataError(f"{path} was modified after export (its sha256 does not match); re-export the run")
+    for name, expected in manifest["files"].items():
+        target = directory / str(name)
+        if Path(str(name)).name != name or not target.is_file():
+            raise DataError(f"{target} listed in the manifest is missing; re-export the run")
+        if sha256_file(target) != expected:
+            raise DataError(
+                f"{target} was modified after export (sha256 differs from the manifest's: "
+                "corrupted or truncated); re-export the run"
+            )
+    if WEIGHTS not in manifest["files"]:
+        raise DataError(f"{path} records no checksum for {WEIGHTS}; re-export the run")
+    return manifest
+
+
+def allowed_class(target: Any, package: str, base: type, what: str) -> type:
+    """The class ``target`` names, only if it is a subclass of ``base`` defined in a module under
+    ``package`` (recbench's own models or embeddings); nothing else is imported or called."""
+    text = str(target)
+    module_name, _, name = text.rpartition(".")
+    refused = DataError(
+        f"the artifact's {what} {text[:80]!r} is not one of recbench's own classes under {package}; "
+        "refusing to load it (only artifacts written by recbench can be loaded)"
+    )
+    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_][\w.]*", text):
+        raise refused
+    if not module_name.startswith(package + ".") or not name.isidentifier():
+        raise refused
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise refused from None
+    obj = getattr(module, name, None)
+    if not (isinstance(obj, type) and issubclass(obj, base) and obj.__module__.startswith(package + ".")):
+        raise refused
+    return obj
+
+
+def _no_targets(value: Any) -> bool:
+    """True when ``value`` holds no ``_target_`` anywhere (nothing that asks to be instantiated)."""
+    if isinstance(value, dict):
+        return "_target_" not in value and all(_no_targets(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_no_targets(v) for v in value)
+    return True
+
+
+def model_factory(node: Mapping[str, Any]) -> Any:
+    """``functools.partial(BackboneClass, **knobs)`` from the manifest's model node, after the
+    allowlist check; replaces Hydra's ``instantiate``, which would import and call anything."""
+    if not isinstance(node, Mapping):
+        raise DataError("the artifact's model entry is not a mapping; re-export the run")
+    cls = allowed_class(node.get("_target_"), "recbench.models", Recommender, "model class")
+    knobs = {k: v for k, v in node.items() if k != "_target_" and k not in _HYDRA_KEYS}
+    bad = [k for k in knobs if not str(k).isidentifier() or str(k).startswith("_")]
+    if bad or not _no_targets(knobs):
+        raise DataError(
+            f"the artifact's model entry holds {'key ' + repr(bad[0]) if bad else 'a nested _target_'}; "
+            "refusing to load it"
+        )
+    return functools.partial(cls, **knobs)
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} ({' '.join(str(exc).split())[:120]}); re-export the run") from None
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Recommender:
     """Rebuild the served model from the artifact alone (no checkpoint, no training data)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    tensors = load_file(str(directory / WEIGHTS))
+    tensors = _load_tensors(directory / WEIGHTS)
     data = manifest["data"]
     info = DataInfo(
         num_users=data["num_users"],
@@ -202,7 +337,11 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Rec
         rating_range=tuple(data["rating_range"]) if data["rating_range"] else None,
     )
     plain = functools.partial(FullEmbedding)
-    factory = instantiate(manifest["model"])
+    factory = model_factory(manifest["model"])
+    classes = {
+        name: allowed_class(spec.get("class"), "recbench.embeddings", CompressedEmbedding, f"layer class of {name}")
+        for name, spec in manifest["layers"].items()
+    }
     model: Recommender = factory(info, item_embedding=plain, user_embedding=plain)
     rebuilt = embedding_layers(model)
     if set(rebuilt) != set(manifest["layers"]):
@@ -212,7 +351,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Rec
         )
     with torch.no_grad():
         for name, spec in manifest["layers"].items():
-            cls: type[CompressedEmbedding] = get_class(spec["class"])
+            cls = classes[name]
+            missing = [key for key in spec["tensors"] if f"{name}/{key}" not in tensors]
+            if missing:
+                raise DataError(f"{directory / WEIGHTS} lacks tensor {name}/{missing[0]}; re-export the run")
             stored = {key: tensors[f"{name}/{key}"] for key in spec["tensors"]}
             table = cls.table_from_serving(stored, spec["meta"])
             target: FullEmbedding = rebuilt[name]  # type: ignore[assignment]
@@ -224,19 +366,23 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Rec
             target.weight_table.weight.copy_(table)
         params = dict(model.named_parameters())
         for name in manifest["other"]:
+            if name not in params or f"other/{name}" not in tensors:
+                raise DataError(f"the artifact's parameter {name!r} does not fit the backbone; re-export the run")
             params[name].copy_(tensors[f"other/{name}"])
     return model.to(device).eval()
 
 
 @torch.no_grad()
 def verify(directory: str | Path, device: str | torch.device = "cpu") -> float:
-    """Largest absolute difference between the artifact's scores and the trained model's saved
-    reference scores; raises DataError when it exceeds ``TOLERANCE``."""
+    """Check every file's sha256 against the manifest (``check_files``), then the largest absolute
+    difference between the artifact's scores and the trained model's saved reference scores;
+    raises DataError on a changed file or when the difference exceeds ``TOLERANCE``."""
     directory = Path(directory)
+    check_files(directory)
     reference = directory / REFERENCE
     if not reference.is_file():
         raise DataError(f"no reference scores at {reference}; re-export the run")
-    ref = load_file(str(reference))
+    ref = _load_tensors(reference)
     model = load_model(directory, device)
     scores = model.score_all(ref["contexts"].to(device)).float().cpu()
     diff = float((scores - ref["scores"]).abs().max()) if scores.numel() else 0.0
@@ -275,7 +421,11 @@ def export_run(run_dir: str | Path) -> ServingReport:
     cfg = OmegaConf.load(run_dir / "config.yaml")
     data = load_data(cfg)
     model = build_model(cfg, data)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu"))
+    try:
+        state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: one line
+        raise DataError(f"cannot read {run_dir / 'model.pt'} ({type(exc).__name__}); retrain the run") from None
+    model.load_state_dict(state)
     parts = build_task(data, cfg, torch.device("cpu"))
     return export(
         model,
@@ -291,7 +441,8 @@ def code_layers(manifest: Mapping[str, Any]) -> dict[str, tuple[Any, Mapping[str
     ``codes_from_serving``: scalar quantisation, DPQ, MGQE): ``{layer: (decoder, meta)}``."""
     found = {}
     for name, layer in manifest.get("layers", {}).items():
-        decode = getattr(get_class(layer["class"]), "codes_from_serving", None)
+        cls = allowed_class(layer.get("class"), "recbench.embeddings", CompressedEmbedding, f"layer class of {name}")
+        decode = getattr(cls, "codes_from_serving", None)
         if name.endswith("item_embedding") and decode is not None:
             found[name] = (decode, layer["meta"])
     return found
@@ -310,7 +461,7 @@ def read_item_codes(directory: str | Path) -> tuple[dict[str, np.ndarray], np.nd
             f"{directory / IDS} is missing (artifacts written before ids were stored); re-export "
             f"with `python -m recbench.serving export {directory.parent}`"
         )
-    tensors = load_file(str(directory / WEIGHTS))
+    tensors = _load_tensors(directory / WEIGHTS)
     codes = {}
     for name, (decode, meta) in decoders.items():
         mine = {k.removeprefix(name + "/"): v for k, v in tensors.items() if k.startswith(name + "/")}

@@ -1,27 +1,51 @@
-"""Recording runs to MLflow (sqlite store under outputs/ by default).
+"""Recording runs to MLflow (sqlite store under outputs/ by default), safely under concurrency.
 
-One MLflow run per training run: tags for dataset/model/method/seed and a hash of the resolved
-config; the flattened config as params; per-epoch ``train/loss`` and ``val/...``; final ``test/...``,
-``size/...`` and ``time/...`` metrics; the resolved config and metrics.json as artifacts. MLflow
-metric names cannot contain ``@``: HR@10 is ``hr_at_10``. A run that raises is ended as FAILED with
-the error message as a tag, so no half-finished run is ever marked FINISHED.
+One MLflow run per training run: tags for dataset/model/method/seed, a hash of the resolved config
+and the code's identity; the flattened config as params; per-epoch ``train/loss`` and ``val/...``;
+final ``test/...``, ``size/...`` and ``time/...`` metrics; the resolved config and metrics.json as
+artifacts. MLflow metric names cannot contain ``@``: HR@10 is ``hr_at_10``.
+
+What the record guarantees (README, "What the record guarantees"):
+
+* **Store creation is serialized.** A sqlite store is created and migrated under a file lock beside
+  it (``<store>.lock``), so parallel processes never race MLflow's schema migrations.
+* **A configuration is claimed before it runs.** Under that lock (sqlite) or by a deterministic
+  tie-break (a server), a run first looks for a FINISHED twin (same ``config_hash`` and
+  ``code_identity``), then creates its RUNNING run and looks for RUNNING twins that are alive: the
+  earliest claim wins, later ones delete their run and report SKIPPED. No configuration trains twice
+  at once, none is lost.
+* **Every end is recorded.** FINISHED, FAILED (an exception, ``error`` tag), KILLED (a signal), and
+  LOST: a RUNNING run whose process died without a word (kill -9, a lost node) is found by the next
+  command that reads the store (``find_lost``: same host and its pid is gone, or no heartbeat for
+  ``LOST_AFTER_S``) and ended as KILLED with the tag ``state=LOST``.
+* **An unusable store fails fast.** ``open_store`` checks reachability (a server: one HTTP probe
+  with a short timeout) or the file (exists, is a sqlite database, is writable) and raises one
+  ``StoreError`` line naming the URI and the fix, before any data is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import socket
+import threading
 import time
-from collections.abc import Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from recbench.errors import RecbenchError
 
 log = logging.getLogger(__name__)
 
 #: Keys that do not change what a run computes, left out of the config hash.
-_HASH_EXCLUDED = ("tracking", "dataset.categories", "train.progress", "train.compile", "eval.batch_size", "eval.serving_artifact", "force")
+_HASH_EXCLUDED = ("tracking", "dataset.categories", "train.progress", "train.compile", "eval.batch_size", "eval.serving_artifact", "force", "resume")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -91,12 +115,287 @@ def cell_hash(resolved: Mapping[str, Any]) -> str:
     return digest({k: FOLLOWS_SEED if is_hash_seed(k) and v == seed else v for k, v in cfg.items()})
 
 
+#: Tag holding recbench's view of a run's state: RUNNING, FINISHED, FAILED, KILLED or LOST. MLflow's
+#: own status has no LOST; a lost run is ended as KILLED there and told apart by this tag.
+STATE_TAG = "state"
+LOST = "LOST"
+ENDED = ("FINISHED", "FAILED", "KILLED")
+_SQLITE = "sqlite:///"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StoreError(RecbenchError):
+    """The tracking store cannot be used (unreachable, corrupted, read-only); one line, exit 2."""
+
+
+def heartbeat_seconds() -> float:
+    """How often a running run refreshes its ``heartbeat`` tag (``RECBENCH_HEARTBEAT_SECONDS``)."""
+    return float(os.environ.get("RECBENCH_HEARTBEAT_SECONDS", "30"))
+
+
+def lost_after_seconds() -> float:
+    """A RUNNING run silent this long is LOST, wherever it ran (``RECBENCH_LOST_AFTER_SECONDS``).
+    Must be well above the heartbeat interval: a live run beats every ``heartbeat_seconds()``."""
+    return float(os.environ.get("RECBENCH_LOST_AFTER_SECONDS", "600"))
+
+
+def host_id() -> str:
+    """This machine: host name plus the kernel's boot id (two containers or two boots of one host
+    with the same name are told apart, so a pid is only ever checked on the machine it lived on)."""
+    boot = ""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        pass
+    return socket.gethostname() + (f"/{boot}" if boot else "")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def lost_reason(tags: Mapping[str, str], start_time_ms: int | None, now: float | None = None) -> str | None:
+    """Why a RUNNING run is lost, or None while it may still be alive: its process (same host) is
+    gone, or it has not refreshed its heartbeat for ``lost_after_seconds()``."""
+    now = time.time() if now is None else now
+    try:
+        beat = float(tags.get("heartbeat") or 0)
+    except ValueError:
+        beat = 0.0
+    beat = beat or (start_time_ms or 0) / 1000
+    host, pid = tags.get("host", ""), tags.get("pid", "")
+    if host and host == host_id() and pid.isdigit() and not pid_alive(int(pid)):
+        return (
+            f"lost: process {pid} on {host.split('/')[0]} ended without recording an end (SIGKILL, "
+            f"out of memory or a crash); last heartbeat {now - beat:.0f} s before it was found"
+        )
+    if now - beat > lost_after_seconds():
+        return (
+            f"lost: no heartbeat for {now - beat:.0f} s (limit {lost_after_seconds():.0f} s, "
+            f"RECBENCH_LOST_AFTER_SECONDS) from pid {pid or '?'} on {host.split('/')[0] or 'an unknown host'}"
+        )
+    return None
+
+
+def find_lost(client: Any, experiment_ids: list[str], mark: bool = True) -> dict[str, str]:
+    """RUNNING runs of the experiments whose process is gone, ``{run_id: reason}``; with ``mark``
+    each is ended as KILLED (end time = its last heartbeat) with ``state=LOST`` and the reason as
+    its ``error`` tag. Called by every run (before it claims) and by the report."""
+    if not experiment_ids:
+        return {}
+    from mlflow.entities import RunTag
+
+    found: dict[str, str] = {}
+    token = None
+    while True:
+        page = _retry(
+            lambda token=token: client.search_runs(
+                experiment_ids, "attributes.status = 'RUNNING'", max_results=1000, page_token=token
+            )
+        )
+        now = time.time()
+        for run in page:
+            reason = lost_reason(run.data.tags, run.info.start_time, now)
+            if reason is None:
+                continue
+            found[run.info.run_id] = reason
+            if mark:
+                try:
+                    tags = [RunTag(STATE_TAG, LOST), RunTag("error", reason)]
+                    _retry(lambda run=run, tags=tags: client.log_batch(run.info.run_id, tags=tags))
+                    beat = run.data.tags.get("heartbeat", "")
+                    end = int(float(beat) * 1000) if beat.replace(".", "", 1).isdigit() else None
+                    _retry(lambda run=run, end=end: client.set_terminated(run.info.run_id, "KILLED", end))
+                except Exception as exc:  # noqa: BLE001 - a read-only store still reports it
+                    log.debug("could not mark run %s lost: %s", run.info.run_id, exc)
+        token = page.token
+        if not token:
+            return found
+
+
+# ----------------------------------------------------------------------------- the store itself
+def _bound_http_retries() -> None:
+    """MLflow retries a failing server for minutes by default (7 retries, backoff 2, 120 s timeout);
+    bound it so that a server that goes away mid-run fails within about half a minute. Explicit
+    settings in the environment win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def probe_server(uri: str, hint: str, timeout: float = 5.0) -> None:
+    """One GET of the server's ``/health`` within ``timeout`` seconds; StoreError when nothing
+    answers (refused, unknown host, timeout) or it answers with a server error."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - the user's tracking URI
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:  # it answers (e.g. 401/404 behind a proxy): let MLflow talk to it
+            return
+        reason = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+    raise StoreError(
+        f"cannot reach the MLflow tracking server {uri} ({reason}, within {timeout:.0f} s); start "
+        f"it (README: 'A tracking server'), fix {hint}, or record locally with "
+        f"{hint}{'=' if hint.startswith('tracking') else ' '}sqlite:///outputs/mlflow.db"
+    )
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a sqlite URI (absolute), else None."""
+    uri = _absolute_sqlite_uri(uri)
+    return Path(uri.removeprefix(_SQLITE)) if uri.startswith(_SQLITE) else None
+
+
+def first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def writable_dir_problem(path: Path, what: str) -> str | None:
+    """Why a folder cannot be created/written at ``path`` (a file in the way, read-only), or None."""
+    existing = first_existing(Path(path))
+    if not existing.is_dir():
+        return f"{what} {path} cannot be created: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{what} {path} cannot be written: {existing} is read-only"
+    return None
+
+
+def check_sqlite_file(path: Path, hint: str, *, create: bool = True, write: bool = True) -> None:
+    """A sqlite store file that is a database, readable and (for runs) writable; one-line errors."""
+    if path.is_dir():
+        raise StoreError(f"the MLflow store {path} is a folder, not a sqlite file; fix {hint}")
+    if path.exists():
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(16)
+        except OSError as exc:
+            raise StoreError(f"cannot read the MLflow store {path} ({exc.strerror}); fix its permissions or {hint}") from None
+        if head and head != _SQLITE_MAGIC:
+            raise StoreError(
+                f"the MLflow store {path} is not a sqlite database (corrupted or another kind of "
+                f"file); move it away (a new store is then created) or point {hint} at another file"
+            )
+        if write and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+            raise StoreError(
+                f"the MLflow store {path} is read-only (sqlite needs the file and its folder "
+                f"writable); fix the permissions, point {hint} at a writable file, or pass tracking=none"
+            )
+        return
+    if not create:
+        raise StoreError(f"no MLflow store at {path}; fix {hint}")
+    problem = writable_dir_problem(path.parent, "the MLflow store's folder")
+    if problem:
+        raise StoreError(f"{problem}; point {hint} at a writable place or pass tracking=none")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
+    """Exclusive lock of a sqlite store across processes (``<store>.lock``, the ``filelock``
+    package); a no-op for servers, whose database serializes writes itself."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise StoreError(
+            f"waited {timeout:.0f} s for the lock {path}.lock of the MLflow store; another process "
+            "holds it (if none is running, delete the lock file)"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def open_store(uri: str, hint: str = "tracking.uri", *, create: bool = True, write: bool = True) -> str:
+    """Check that the store at ``uri`` can be used and create/migrate it once (under the lock);
+    returns the absolute URI. Raises StoreError with one line naming the URI and the fix."""
+    import mlflow
+
+    uri = _absolute_sqlite_uri(uri)
+    _bound_http_retries()
+    path = sqlite_path(uri)
+    if uri.startswith(("http://", "https://")):
+        probe_server(uri, hint)
+    elif path is not None:
+        check_sqlite_file(path, hint, create=create, write=write)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    lock = store_lock(uri) if (path is not None and write) else contextlib.nullcontext()
+    with lock:
+        client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+        try:
+            _retry(
+                lambda: client.search_experiments(max_results=1),
+                transient=("locked", "duplicate column", "already exists"),
+            )
+        except Exception as exc:  # noqa: BLE001 - mlflow raises many types for a bad store
+            raise StoreError(
+                f"cannot use the MLflow store {uri} ({_first_line(exc)}); fix {hint} (a new "
+                "sqlite file is created when missing) or move a corrupted store away"
+            ) from None
+    return uri
+
+
+def prepare_store(uri: str) -> None:
+    """Create a store (and its schema) once, before parallel runs start (the sweep callback)."""
+    open_store(uri)
+
+
+# ----------------------------------------------------------------------------------- trackers
+@dataclass
+class Twin:
+    """A run that makes this one unnecessary: FINISHED with the same config and code, or RUNNING
+    (alive) with the same config and code and an earlier claim."""
+
+    run_id: str
+    status: str
+    run_dir: str
+    metrics: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "run_dir": self.run_dir, "metrics": self.metrics}
+
+
 class NullTracker:
     """Records nothing (``tracking=none``); the run folder still gets metrics.json."""
 
     run_id: str | None = None
 
-    def start(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> None:
+    def open(self) -> None:
+        pass
+
+    def claim(self, run_name: str, tags: Mapping[str, str], **_: Any) -> Twin | None:
+        return None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
         pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -108,48 +407,133 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
+    def beat(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        yield
+
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         pass
 
-    def find_finished(self, config_hash: str) -> dict[str, Any] | None:
-        return None
-
 
 class MlflowTracker:
-    """Records one run to an MLflow tracking store."""
+    """Records one run to an MLflow tracking store (see the module docstring for the protocol)."""
 
     def __init__(self, uri: str, experiment: str, artifact_root: str) -> None:
-        import mlflow
-
-        self.mlflow = mlflow
         self.uri = _absolute_sqlite_uri(uri)
         self.experiment = experiment
         self.artifact_root = Path(artifact_root).resolve()
         self.run_id: str | None = None
+        self.client: Any = None
+        self.experiment_id = ""
+
+    def open(self) -> None:
+        """Fail fast on an unusable store or artifact folder; create the experiment."""
+        import mlflow
+
+        self.uri = open_store(self.uri)
         self.client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
+        with store_lock(self.uri):
+            self.experiment_id = self._experiment_id()
+        location = _retry(lambda: self.client.get_experiment(self.experiment_id)).artifact_location
+        local = _local_path(location)
+        if local is not None:
+            problem = writable_dir_problem(local, f"the artifact folder of experiment {self.experiment!r}")
+            if problem:
+                raise StoreError(f"{problem}; make it writable, or record elsewhere (tracking.uri, tracking.experiment)")
 
     def _experiment_id(self) -> str:
-        found = self.client.get_experiment_by_name(self.experiment)
+        found = _retry(lambda: self.client.get_experiment_by_name(self.experiment))
         if found is not None:
             return found.experiment_id
+        remote = not self.uri.startswith(_SQLITE) and "://" in self.uri
+        # A server stores artifacts where it is told to (--artifacts-destination); a local store
+        # puts them under tracking.artifact_root.
+        location = None if remote else (self.artifact_root / self.experiment).as_uri()
         try:
-            return self.client.create_experiment(
-                self.experiment, artifact_location=(self.artifact_root / self.experiment).as_uri()
-            )
-        except Exception:  # created concurrently by a parallel run
-            found = self.client.get_experiment_by_name(self.experiment)
+            return self.client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # created concurrently by another process
+            found = _retry(lambda: self.client.get_experiment_by_name(self.experiment))
             if found is None:
                 raise
             return found.experiment_id
 
-    def start(self, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> None:
-        prepare_store(self.uri)
-        run = _retry(
-            lambda: self.client.create_run(
-                self._experiment_id(), run_name=run_name, tags=dict(tags)
+    def claim(
+        self,
+        run_name: str,
+        tags: Mapping[str, str],
+        *,
+        config_hash: str,
+        code_identity: str | None,
+        reuse_finished: bool = True,
+        force: bool = False,
+    ) -> Twin | None:
+        """Create this run's RUNNING record unless a twin makes it unnecessary (returned then).
+
+        Twins share ``config_hash`` and, unless ``code_identity`` is None (``resume=any_code``),
+        ``code_identity``. A FINISHED twin counts only when ``reuse_finished`` (the code is
+        clean); a RUNNING twin counts when it is alive and claimed first (start time, then run
+        id): both claimants see each other, so exactly one of them runs. ``force`` claims
+        unconditionally."""
+        with store_lock(self.uri):
+            find_lost(self.client, [self.experiment_id])
+            if not force and reuse_finished:
+                done = self._twins(config_hash, code_identity, "FINISHED")
+                if done:
+                    return done[0][1]
+            now = time.time()
+            record = {
+                **tags,
+                STATE_TAG: "RUNNING",
+                "host": host_id(),
+                "pid": str(os.getpid()),
+                "heartbeat": f"{now:.3f}",
+            }
+            run = _retry(
+                lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=record)
             )
+            self.run_id = run.info.run_id
+            if force:
+                return None
+            mine = (run.info.start_time, run.info.run_id)
+            earlier = [
+                twin for key, twin in self._twins(config_hash, code_identity, "RUNNING")
+                if key < mine
+            ]  # fmt: skip
+            if reuse_finished:
+                earlier += [twin for _, twin in self._twins(config_hash, code_identity, "FINISHED")]
+            if earlier:
+                _retry(lambda: self.client.delete_run(run.info.run_id))
+                self.run_id = None
+                return earlier[0]
+        return None
+
+    def _twins(self, config_hash: str, code_identity: str | None, status: str) -> list[tuple[tuple[int, str], Twin]]:
+        """Runs of this experiment with the config (and code) in ``status``, alive ones only for
+        RUNNING, sorted by claim (start time, run id), latest first for FINISHED."""
+        query = f"tags.config_hash = '{config_hash}' and attributes.status = '{status}'"
+        if code_identity is not None:
+            query += f" and tags.code_identity = '{code_identity}'"
+        runs = _retry(
+            lambda: self.client.search_runs(
+                [self.experiment_id], filter_string=query, max_results=1000,
+                order_by=["attributes.start_time DESC"],
+            )  # fmt: skip
         )
-        self.run_id = run.info.run_id
+        now = time.time()
+        out = []
+        for run in runs:
+            if status == "RUNNING" and lost_reason(run.data.tags, run.info.start_time, now):
+                continue
+            twin = Twin(run.info.run_id, status, run.data.tags.get("run_dir", ""), dict(run.data.metrics))
+            out.append(((run.info.start_time, run.info.run_id), twin))
+        if status == "RUNNING":
+            out.sort(key=lambda pair: pair[0])
+        return out
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, _param_value(v)) for k, v in params.items()]
@@ -182,53 +566,37 @@ class MlflowTracker:
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         _retry(lambda: self.client.log_batch(self.run_id, tags=items))
 
+    def beat(self) -> None:
+        """Refresh the ``heartbeat`` tag (every epoch, and from a thread in between)."""
+        if self.run_id is not None:
+            self.set_tags({"heartbeat": f"{time.time():.3f}"})
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """A daemon thread that calls ``beat`` every ``heartbeat_seconds()`` while the block runs,
+        so a run on another machine is recognised as alive even during long epochs."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(heartbeat_seconds()):
+                try:
+                    self.beat()
+                except Exception as exc:  # noqa: BLE001 - a missed beat is not an error
+                    log.debug("heartbeat failed: %s", exc)
+
+        thread = threading.Thread(target=loop, name="recbench-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:
             return
-        if error:
-            self.set_tags({"error": error})
+        self.set_tags({STATE_TAG: status, **({"error": error} if error else {})})
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
-
-
-    def find_finished(self, config_hash: str) -> dict[str, Any] | None:
-        """The latest FINISHED run of this experiment with the same config hash, as
-        ``{"run_id", "run_dir", "metrics"}``; None when there is none (or the experiment is new)."""
-        found = self.client.get_experiment_by_name(self.experiment)
-        if found is None:
-            return None
-        runs = _retry(
-            lambda: self.client.search_runs(
-                [found.experiment_id],
-                filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
-                max_results=1,
-                order_by=["attributes.start_time DESC"],
-            )
-        )
-        if not runs:
-            return None
-        run = runs[0]
-        return {
-            "run_id": run.info.run_id,
-            "run_dir": run.data.tags.get("run_dir", ""),
-            "metrics": dict(run.data.metrics),
-        }
-
-
-def prepare_store(uri: str) -> None:
-    """Create a sqlite store (and its schema) once, before parallel runs race to migrate it.
-
-    Two processes opening a brand-new sqlite file both run MLflow's schema migrations and one
-    fails ("duplicate column"); the sweep callback calls this in the launching process first, and
-    each run calls it again (a no-op once the schema exists), retrying while another process holds
-    the lock or is half-way through the migration.
-    """
-    import mlflow
-
-    uri = _absolute_sqlite_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
-    _retry(lambda: client.search_experiments(max_results=1), transient=("locked", "duplicate column", "already exists"))
 
 
 def make_tracker(enabled: bool, uri: str, experiment: str, artifact_root: str) -> NullTracker | MlflowTracker:
@@ -237,10 +605,23 @@ def make_tracker(enabled: bool, uri: str, experiment: str, artifact_root: str) -
     return MlflowTracker(uri, experiment, artifact_root)
 
 
+def _local_path(location: str | None) -> Path | None:
+    """The local folder of an artifact location (``file:`` URI or a plain path), else None."""
+    if not location:
+        return None
+    if location.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(location).path))
+    if "://" in location or location.startswith(("mlflow-artifacts:", "dbfs:")):
+        return None
+    return Path(location)
+
+
 def _absolute_sqlite_uri(uri: str) -> str:
     """``sqlite:///outputs/mlflow.db`` is relative to the launch directory; make it absolute so
     that every process of a sweep writes to the same store."""
-    prefix = "sqlite:///"
+    prefix = _SQLITE
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
@@ -251,11 +632,20 @@ def _param_value(value: Any) -> str:
     return text[:6000]
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def _retry(action, attempts: int = 8, delay: float = 0.25, transient: tuple[str, ...] = ("locked",)):  # noqa: ANN001, ANN202
-    """Retry store writes that hit sqlite's 'database is locked' under parallel sweeps."""
+    """Retry store writes that hit sqlite's 'database is locked' under parallel sweeps. Each
+    attempt is a ``critical`` block: a signal never interrupts a write half-way."""
+    from recbench.interrupts import critical
+
     for attempt in range(attempts):
         try:
-            return action()
+            with critical():
+                return action()
         except Exception as exc:  # noqa: BLE001 - mlflow wraps sqlite errors in several types
             text = str(exc).lower()
             if not any(t in text for t in transient) or attempt == attempts - 1:

@@ -73,7 +73,9 @@ class NegativeSampler:
         self.num_items = num_items
         self.device = device
         users, items = users.to(torch.int64), items.to(torch.int64)
-        per_user = torch.bincount(users)
+        # distinct items per user: a repeated (user, item) event does not use up a negative
+        distinct = torch.unique(users * (num_items + 1) + items)
+        per_user = torch.bincount(distinct // (num_items + 1))
         if per_user.numel() and int(per_user.max()) >= num_items:
             raise DataError(
                 "a user interacted with every item, so no negative can be sampled; "

@@ -160,7 +160,7 @@ def run_sweep(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 def test_sweep_isolates_failures_and_resumes(tmp_path: Path) -> None:
     grid = [*TINY[2:], "dataset.loader.num_users=60", "dataset.loader.num_items=3,40"]
     proc = run_sweep(grid, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]  # a sweep with a FAILED run exits non-zero
     assert "dataset.loader.num_items=3" in proc.stderr  # the failure is named, the sweep went on
     assert "recbench sweep: 1 FAILED, 1 FINISHED" in proc.stdout
     statuses = sorted(r.info.status for r in mlflow_runs(tmp_path))
@@ -169,7 +169,7 @@ def test_sweep_isolates_failures_and_resumes(tmp_path: Path) -> None:
     assert "num_items=3" in failed.data.tags["error"]
 
     again = run_sweep(grid, tmp_path)  # the finished run is skipped, the failed one retried
-    assert again.returncode == 0
+    assert again.returncode == 1
     assert "skipped, identical run" in again.stdout
     assert "recbench sweep: 1 FAILED, 1 SKIPPED" in again.stdout
     assert sorted(r.info.status for r in mlflow_runs(tmp_path)) == ["FAILED", "FAILED", "FINISHED"]

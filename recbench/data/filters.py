@@ -88,3 +88,54 @@ def _too_rare(index: np.ndarray, keep: np.ndarray, size: int, minimum: int) -> n
         return np.zeros(len(index), dtype=bool)
     counts = np.bincount(index[keep], minlength=size)
     return counts[index] < minimum
+
+
+#: What ``dataset.duplicates`` does with repeated (user, item) events.
+DUPLICATE_POLICIES = {
+    "keep": "keep every event (repeat consumption is data, e.g. a sequence revisiting an item)",
+    "first": "keep each pair's earliest event",
+    "last": "keep each pair's latest event (a re-rating replaces the earlier rating)",
+    "error": "stop with an error naming the first repeated pair",
+}
+
+
+def deduplicate(inter: Interactions, policy: str) -> tuple[Interactions, str | None]:
+    """Apply ``policy`` (one of DUPLICATE_POLICIES) to repeated (user, item) events; returns the
+    events (file order kept) and a note saying what was done, or None when there was no repeat.
+    "Earliest"/"latest" follow the timestamps (ties and timestamp-less data: file order)."""
+    import pandas as pd
+
+    from recbench.errors import DataError
+
+    if policy not in DUPLICATE_POLICIES:
+        raise ConfigError(
+            f"dataset.duplicates={policy} is unknown; choose one of {', '.join(DUPLICATE_POLICIES)}"
+        )
+    if len(inter) == 0:
+        return inter, None
+    order = inter.time_order()  # by (user, time), ties in file order
+    frame = pd.DataFrame({"user": inter.user[order], "item": inter.item[order]})
+    repeated = frame.duplicated(["user", "item"], keep=False).to_numpy()
+    if not repeated.any():
+        return inter, None
+    pairs = int((~frame[repeated].duplicated(["user", "item"])).sum())  # distinct repeated pairs
+    count = int(repeated.sum()) - pairs  # events beyond each pair's first
+    if policy == "keep":
+        return inter, (
+            f"kept {count} repeated events of {pairs} (user, item) pairs (dataset.duplicates=keep)"
+        )
+    if policy == "error":
+        first = order[np.flatnonzero(repeated)[0]]
+        raise DataError(
+            f"dataset {inter.name!r} has {count} repeated (user, item) events (e.g. user "
+            f"{inter.user[first]} and item {inter.item[first]}); set dataset.duplicates=last (keep "
+            "the latest), first, or keep"
+        )
+    drop = frame.duplicated(["user", "item"], keep="first" if policy == "first" else "last").to_numpy()
+    keep = np.ones(len(inter), dtype=bool)
+    keep[order[drop]] = False
+    word = "earliest" if policy == "first" else "latest"
+    return inter.subset(keep), (
+        f"dropped {count} repeated events of {pairs} (user, item) pairs, kept each pair's {word} "
+        f"(dataset.duplicates={policy})"
+    )

@@ -126,6 +126,11 @@ def locate(
     """``<root>/<dataset>/<filename>``, fetched first when missing and ``download`` is set."""
     base = Path(root).expanduser().absolute()
     path = base / dataset / filename
+    if path.is_dir():
+        raise DataError(
+            f"{dataset} {kind} {path} is a folder, not a file; put {title}'s {filename} file there "
+            "(not the folder that holds it)"
+        )
     if not path.is_file() and download:
         from recbench.data.download import fetch
 

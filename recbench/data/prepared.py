@@ -1,6 +1,6 @@
 """Turn a loaded ``Interactions`` into what training and evaluation consume.
 
-Steps, in this order: rating-range check -> k-core filter -> split (leave-last-two-out for ranking and
+Steps, in this order: rating-range check -> repeated (user, item) events (``duplicates``) -> k-core filter -> split (leave-last-two-out for ranking and
 sequential tasks, seeded random for rating tasks) -> dense ids 1..n by descending training frequency.
 Ids are encoded *after* the split so that popularity (and therefore the frequency tiers of mixed
 dimension and MGQE) is measured on training data only.
@@ -110,12 +110,19 @@ def prepare(
     rating_range: tuple[float, float] | None = None,
     min_user_count: int = 0,
     min_item_count: int = 0,
+    duplicates: str = "keep",
 ) -> PreparedData:
-    """Filter, split and encode ``inter`` for ``task`` (one of TASKS)."""
+    """Filter, split and encode ``inter`` for ``task`` (one of TASKS); repeated (user, item)
+    events are handled first, by the ``duplicates`` policy (``filters.DUPLICATE_POLICIES``)."""
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is unknown; choose one of {', '.join(TASKS)}")
     notes: list[str] = []
     check_rating_range(inter, rating_range)
+    from recbench.data.filters import deduplicate
+
+    inter, note = deduplicate(inter, duplicates)
+    if note:
+        notes.append(note)
     if task == "rating" and inter.rating is None:
         raise ConfigError(
             f"dataset {inter.name!r} has no ratings, so task=rating is impossible; "

@@ -23,6 +23,8 @@ _EXPECTED = "2 whitespace-separated integer fields 'user item'"
 def load_sequence_file(path: str | Path, name: str | None = None) -> Interactions:
     """Read ``path``; ``name`` (default: the file's stem) labels the dataset in messages."""
     path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise DataError(f"sequence file {path} is a folder, not a file; put the SASRec-format file there")
     if not path.is_file():
         raise DataError(
             f"sequence file not found: {path}; put the SASRec-format file there (one 'user item' "

@@ -21,7 +21,16 @@ from typing import Any
 import pandas as pd
 
 from recbench.errors import RecbenchError
-from recbench.tracking import _absolute_sqlite_uri, cell_config, flatten
+from recbench.tracking import (
+    LOST,
+    STATE_TAG,
+    StoreError,
+    _absolute_sqlite_uri,
+    cell_config,
+    find_lost,
+    flatten,
+    open_store,
+)
 
 #: MLflow experiment that holds the reports themselves; never read back as benchmark runs.
 REPORT_EXPERIMENT = "recbench-reports"
@@ -30,6 +39,7 @@ REPORT_EXPERIMENT = "recbench-reports"
 IDENTITY = (
     "dataset", "model", "method", "user_method", "task", "seed", "loss", "config_hash", "run_dir",
     "experiment", "budget", "eval_protocol", "cell_hash", "code_version", "git_commit", "git_dirty",
+    "code_identity",
 )  # fmt: skip
 #: Columns every loader returns besides the metrics. ``knobs`` is the method's config as sorted
 #: JSON (hashable, comparable); ``store_experiment`` is the MLflow experiment (or folder) name;
@@ -100,6 +110,8 @@ def make_row(
     metrics: Mapping[str, Any],
 ) -> dict[str, Any]:
     """One normalised row; missing tags fall back to the params that carry the same fact."""
+    if _none_text(tags.get(STATE_TAG)) == LOST:  # ended KILLED in MLflow, told apart by the tag
+        status = LOST
     row: dict[str, Any] = {
         "run_id": run_id,
         "run_name": run_name,
@@ -160,6 +172,11 @@ class MlflowSource:
         from mlflow.tracking import MlflowClient
 
         quiet_mlflow()
+        if self.uri.startswith(("http://", "https://")):
+            try:
+                open_store(self.uri, "--uri", create=False, write=False)
+            except StoreError as exc:
+                raise ReportError(str(exc)) from None
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
         except Exception as exc:  # noqa: BLE001 - a corrupt file, an unreachable server, ...
@@ -198,6 +215,9 @@ class MlflowSource:
         ids = {self.client.get_experiment_by_name(n).experiment_id: n for n in names}
         if not ids:
             return to_frame([])
+        # Runs whose process died without a word (kill -9, a lost node) are ended LOST here, so
+        # that no run stays RUNNING forever (a read-only store is only reported, not marked).
+        find_lost(self.client, list(ids))
         rows = []
         token = None
         while True:
