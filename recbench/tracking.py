@@ -71,9 +71,10 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-#: Also left out of a report cell's key: the seed (a cell pools seeds) and the preset's name (a
-#: label; the settings a preset makes are in the config itself).
-CELL_EXCLUDED = (*_HASH_EXCLUDED, "seed", "preset")
+#: Also left out of a report cell's key: the seed (a cell pools seeds), the preset's name (a
+#: label; the settings a preset makes are in the config itself) and machine-local folders (the same
+#: files under another path are the same data; their content is pinned by the loaders' checks).
+CELL_EXCLUDED = (*_HASH_EXCLUDED, "seed", "preset", "dataset.root", "eval.negatives_dir")
 #: What a ``*.hash_seed`` equal to the run's seed becomes in a cell key: "follows the seed".
 FOLLOWS_SEED = "${seed}"
 

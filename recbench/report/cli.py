@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = make_report(runs, args.margin)
     written = write_tables(report, out)
-    notes: list[str] = mixed_code_notes(report.finished)
+    notes: list[str] = []
     if not args.no_plots:
         written += write_plots(report, source, out / "plots", notes, args.code_categories)
     if args.popularity:
@@ -288,27 +288,6 @@ def log_report(uri: str, name: str, out: Path, args: argparse.Namespace, report:
         return run.info.run_id
     except Exception as exc:  # noqa: BLE001
         raise ReportError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
-
-
-def mixed_code_notes(finished: pd.DataFrame) -> list[str]:
-    """One note per table cell whose runs were produced by different code (``code_identity``
-    tag; runs recorded before it existed count as 'unrecorded'): a fix between them may have
-    changed the numbers that are pooled there."""
-    from recbench.report.tables import GROUP_KEYS
-
-    if finished.empty or "code_identity" not in finished.columns:
-        return []
-    keys = [k for k in GROUP_KEYS if k in finished.columns]
-    notes = []
-    for key, group in finished.groupby(keys, dropna=False, sort=True):
-        codes = sorted({str(c) if isinstance(c, str) and c else "unrecorded" for c in group["code_identity"]})
-        if len(codes) > 1:
-            cell = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if str(k))
-            notes.append(
-                f"cell {cell} pools runs of {len(codes)} code versions ({', '.join(c[:20] for c in codes)}); "
-                "rerun it with one code version (resume=same_code, the default, reruns stale results)"
-            )
-    return notes
 
 
 def print_summary(report: Report, source: str, out: Path, written: Sequence[Path], logged: str,

@@ -216,7 +216,11 @@ def _number(text: str) -> str:
 
 
 def code_identity(run: pd.Series) -> str:
-    """``<code_version>@<git_commit[:12]>[+dirty]`` from a run's tags; "" when neither is recorded."""
+    """The run's ``code_identity`` tag (recbench.provenance), else ``<code_version>@<git_commit[:12]>
+    [+dirty]`` from older tags; "" when nothing is recorded."""
+    recorded = str(run.get("code_identity") or "").strip()
+    if recorded not in ("", "nan"):
+        return recorded
     version = str(run.get("code_version") or "").strip()
     commit = str(run.get("git_commit") or "").strip()
     if version in ("", "nan") and commit in ("", "nan"):

@@ -77,14 +77,11 @@ def test_resume_needs_the_same_code_unless_any_code(tmp_path: Path, store: str) 
 
 
 def test_report_warns_when_a_cell_mixes_code_versions() -> None:
+    """The report's cell warnings read the ``code_identity`` tag each run records."""
     import pandas as pd
 
-    from recbench.report.cli import mixed_code_notes
-    from recbench.report.tables import GROUP_KEYS
+    from recbench.report.tables import code_identity
 
-    cell = {k: "v" for k in GROUP_KEYS}
-    mixed = pd.DataFrame([{**cell, "code_identity": "git-a"}, {**cell, "code_identity": "git-b"}])
-    (note,) = mixed_code_notes(mixed)
-    assert "2 code versions" in note and "git-a" in note
-    same = pd.DataFrame([{**cell, "code_identity": "git-a"}] * 2)
-    assert mixed_code_notes(same) == []
+    assert code_identity(pd.Series({"code_identity": "git-a", "git_commit": "b"})) == "git-a"
+    assert code_identity(pd.Series({"code_version": "0.1.0", "git_commit": "abc", "git_dirty": "true"})) == "0.1.0@abc+dirty"
+    assert code_identity(pd.Series({})) == ""
