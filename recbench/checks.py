@@ -179,6 +179,7 @@ def check_method(node: DictConfig, where: str, embedding_dim: int) -> None:
 
 def check_run_config(cfg: DictConfig) -> None:
     """Everything that can be checked without data; raises ConfigError."""
+    from recbench.data.interactions import check_tie_break
     from recbench.training import check_loss
 
     check_target_keys(cfg.model, "model")
@@ -190,6 +191,7 @@ def check_run_config(cfg: DictConfig) -> None:
     if cfg.get("user_method") is not None:
         check_method(cfg.user_method, "user_method", dim)
     check_target_keys(cfg.dataset.loader, "dataset.loader")
+    check_tie_break(cfg.dataset.get("tie_break", "file"))
     for key in ("epochs", "batch_size"):
         if cfg.train[key] < 1:
             raise ConfigError(f"train.{key}={cfg.train[key]} must be >= 1")

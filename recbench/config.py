@@ -27,6 +27,7 @@ class DatasetConfig:
     min_item_count: int = 0
     rating_range: list[float] | None = None
     rating_split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    tie_break: str = "file"  # order of equal timestamps: file, item or random (seeded by `seed`)
     loader: Any = MISSING
     categories: Any = None  # item -> category names (e.g. genres), for the report's Figure 8
 

@@ -71,6 +71,7 @@ def load_data(cfg: DictConfig) -> PreparedData:
         rating_range=None if ds.rating_range is None else tuple(ds.rating_range),
         min_user_count=ds.min_user_count,
         min_item_count=ds.min_item_count,
+        tie_break=ds.get("tie_break", "file"),
     )
 
 
@@ -110,6 +111,7 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
         "loss": str(cfg.train.loss),
         "preset": str(cfg.get("preset") or ""),
         "budget": "" if cfg.method.get("budget") is None else str(cfg.method.budget),
+        "tie_break": str(cfg.dataset.get("tie_break", "file")),
         "config_hash": config_hash(resolved),
     }
 

@@ -66,6 +66,7 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
     tags = run.data.tags
     assert tags["dataset"] == "synthetic" and tags["model"] == "gmf" and tags["method"] == "full"
     assert tags["seed"] == "0" and len(tags["config_hash"]) == 16
+    assert tags["tie_break"] == "file" and record["tie_break"] == "file"
     assert run.data.params["train.epochs"] == "2"
     from mlflow.tracking import MlflowClient
 
@@ -87,6 +88,7 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
         (["train.loss=mse"], "train.loss=mse does not fit task=ranking"),
         (["train.lr=0"], "train.lr=0"),
         (["-m", "method=full,nope"], "unknown method option 'nope'"),
+        (["dataset.tie_break=time"], "dataset.tie_break=time is unknown; choose one of file, item, random"),
     ],
 )
 def test_preflight_messages(args: list[str], expected: str) -> None:
