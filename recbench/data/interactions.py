@@ -13,7 +13,6 @@ import numpy as np
 
 from recbench.errors import ConfigError
 
-
 #: How events with equal timestamps are ordered (``dataset.tie_break``); ``file`` is the default.
 TIE_BREAKS = ("file", "item", "random")
 _TIE_BREAK_STREAM = 0x71E  # keeps the tie-break draw independent of other uses of the run seed
