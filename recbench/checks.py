@@ -199,3 +199,5 @@ def check_run_config(cfg: DictConfig) -> None:
         raise ConfigError(f"train.lr={cfg.train.lr} must be > 0, e.g. 0.001")
     if cfg.eval.k < 1:
         raise ConfigError(f"eval.k={cfg.eval.k} must be >= 1")
+    if cfg.eval.get("reference_dim", 64) < 1:
+        raise ConfigError(f"eval.reference_dim={cfg.eval.reference_dim} must be >= 1 (default 64)")

@@ -61,6 +61,7 @@ class EvalConfig:
     num_sampled: int = 100
     negatives_dir: str | None = None
     serving_artifact: bool = True
+    reference_dim: int = 64  # d of the full float32 model that size/fraction_of_full divides by
 
 
 @dataclass

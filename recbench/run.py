@@ -31,7 +31,7 @@ from recbench.data.prepared import PreparedData, prepare
 from recbench.embeddings.base import BudgetedFactory, EmbeddingFactory, embedding_layers
 from recbench.errors import RecbenchError
 from recbench.models.base import DataInfo, Recommender
-from recbench.size import model_size
+from recbench.size import model_size, reference_bits
 from recbench.tasks import build_task
 from recbench.tracking import config_hash, flatten, make_tracker
 from recbench.training import fit, resolve_device
@@ -166,7 +166,10 @@ def _train_and_evaluate(
 
     seed_everything(cfg.seed)
     model = build_model(cfg, data).to(device)
-    size = model_size(model)
+    reference_dim = int(cfg.eval.get("reference_dim", 64))
+    size = model_size(
+        model, reference_bits(build(cfg.model), DataInfo.from_prepared(data), reference_dim), reference_dim
+    )
     parts = build_task(data, cfg, device)
     layer_knobs = {
         name: {"class": type(layer).__name__, **layer.knobs()}
@@ -176,9 +179,9 @@ def _train_and_evaluate(
         {**parts.tags, **{f"knobs.{n}": json.dumps(k, default=str) for n, k in layer_knobs.items()}}
     )
     log.info(
-        "model %s with %s embeddings: %d serving bits (%.1f%% of full)",
+        "model %s with %s embeddings: %d serving bits (%.1f%% of the full model at d = %d)",
         type(model).__name__, cfg.method._target_.rsplit(".", 1)[-1], size.serving_bits,
-        100 * size.fraction_of_full,
+        100 * size.fraction_of_full, reference_dim,
     )
 
     def validate() -> dict[str, float]:
@@ -284,7 +287,8 @@ def _print_summary(cfg: DictConfig, data: PreparedData, metrics: dict[str, Any])
     bits = int(metrics["size/serving_bits"])
     lines.append(
         f"  size        {bits:,} serving bits ({bits / 8 / 2**20:.3f} MiB), "
-        f"{100 * metrics['size/fraction_of_full']:.1f}% of full float32 embeddings"
+        f"{100 * metrics['size/fraction_of_full']:.1f}% of the full float32 model at "
+        f"d = {cfg.eval.get('reference_dim', 64)}"
     )
     lines.append(
         f"  time        train {metrics['time/train_seconds']:.1f}s "

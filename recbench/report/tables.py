@@ -6,7 +6,8 @@ feed hand-made frames and compare with hand-computed means and standard deviatio
 
 Layout: one table per (dataset, evaluation protocol, task kind); rows = methods (with their size
 setting); a column group per backbone with HR@10, NDCG@10 (or RMSE, MAE for rating runs), the
-model size in % of the full-embedding model, and the number of seeds. "mean ± std" uses the sample
+model size in % of the full-embedding model at the runs' reference dimension (``eval.reference_dim``,
+default 64), and the number of seeds. "mean ± std" uses the sample
 standard deviation (ddof=1) over seeds. A compressed method's cell is marked (``*`` / ``\\dag``)
 where its mean reaches the full model's mean for that backbone: >= for HR/NDCG, <= for RMSE/MAE.
 """
@@ -350,7 +351,8 @@ def to_markdown(tables: Sequence[PaperTable]) -> str:
         direction = ">=" if any(s.higher_is_better for s in t.specs) else "<="
         lines += [
             "",
-            f"mean ± sample std over n seeds; Size % = serving size / full-embedding size; "
+            f"mean ± sample std over n seeds; Size % = serving size / full float32 model at the "
+            f"reference d (eval.reference_dim, default 64); "
             f"`{MARK_MD}` = mean {direction} the full model's mean for that backbone ({quality}).",
         ]
         parts.append("\n".join(lines))
