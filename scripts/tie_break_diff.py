@@ -1,6 +1,7 @@
 """How much ``dataset.tie_break`` changes the held-out items of a dataset (docs/results.md,
 "Timestamp ties"): users with a tie at their last timestamp, and for each pair of rules the number of
-users whose test (and validation) item differs.
+users whose test (and validation) item differs; and how popular (events in the whole file) each
+rule's test items are.
 
     RECBENCH_DATA=/path/to/data python scripts/tie_break_diff.py [--dataset ml-100k] [--seeds 0 1 2]
 """
@@ -39,9 +40,14 @@ def main() -> None:
     print(f"{args.dataset}: {int((at_last >= 2).sum())} of {len(at_last)} users have >= 2 events "
           "at their last timestamp")
     rules = [("file", 0), ("item", 0)] + [("random", s) for s in args.seeds]
+    name = lambda r: r[0] if r[0] != "random" else f"random(seed {r[1]})"  # noqa: E731
+    _, item_index, item_events = np.unique(inter.item, return_inverse=True, return_counts=True)
     held = {}
     for rule, seed in rules:
         split = leave_last_two_out(inter, tie_break=rule, seed=seed)
+        popularity = item_events[item_index[split.test]]
+        print(f"{name((rule, seed)):>16}: test items have {np.mean(popularity):.1f} events on "
+              f"average (median {np.median(popularity):.0f})")
         held[(rule, seed)] = {
             part: dict(zip(inter.user[idx].tolist(), inter.item[idx].tolist()))
             for part, idx in (("test", split.test), ("valid", split.valid))
@@ -50,7 +56,6 @@ def main() -> None:
         diff = {
             part: sum(held[a][part][u] != held[b][part][u] for u in held[a][part]) for part in ("test", "valid")
         }
-        name = lambda r: r[0] if r[0] != "random" else f"random(seed {r[1]})"  # noqa: E731
         print(f"{name(a):>16} vs {name(b):<16} test items differ for {diff['test']:4d} users, "
               f"validation items for {diff['valid']:4d}")
 
