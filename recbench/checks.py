@@ -182,6 +182,7 @@ def check_method(node: DictConfig, where: str, embedding_dim: int) -> None:
 
 def check_run_config(cfg: DictConfig) -> None:
     """Everything that can be checked without data; raises ConfigError."""
+    from recbench.data.interactions import check_tie_break
     from recbench.training import check_loss
 
     check_target_keys(cfg.model, "model")
@@ -193,6 +194,7 @@ def check_run_config(cfg: DictConfig) -> None:
     if cfg.get("user_method") is not None:
         check_method(cfg.user_method, "user_method", dim)
     check_target_keys(cfg.dataset.loader, "dataset.loader")
+    check_tie_break(cfg.dataset.get("tie_break", "file"))
     for key in ("epochs", "batch_size"):
         if cfg.train[key] < 1:
             raise ConfigError(f"train.{key}={cfg.train[key]} must be >= 1")
@@ -200,6 +202,8 @@ def check_run_config(cfg: DictConfig) -> None:
         raise ConfigError(f"train.lr={cfg.train.lr} must be > 0, e.g. 0.001")
     if cfg.eval.k < 1:
         raise ConfigError(f"eval.k={cfg.eval.k} must be >= 1")
+    if cfg.eval.get("reference_dim", 64) < 1:
+        raise ConfigError(f"eval.reference_dim={cfg.eval.reference_dim} must be >= 1 (default 64)")
     check_record_keys(cfg)
 
 

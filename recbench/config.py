@@ -47,6 +47,7 @@ class DatasetConfig:
     min_item_count: int = 0
     rating_range: list[float] | None = None
     rating_split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    tie_break: str = "file"  # order of equal timestamps: file, item or random (seeded by `seed`)
     loader: Any = MISSING
     categories: Any = None  # item -> category names (e.g. genres), for the report's Figure 8
     duplicates: str = "keep"  # repeated (user, item) events: keep | first | last | error
@@ -81,6 +82,7 @@ class EvalConfig:
     num_sampled: int = 100
     negatives_dir: str | None = None
     serving_artifact: bool = True
+    reference_dim: int = 64  # d of the full float32 model that size/fraction_of_full divides by
 
 
 @dataclass

@@ -7,6 +7,9 @@ the positive's score, ``rank = #(candidates scoring > s) + 0.5 * #(other candida
 MRR = 1 / (rank + 1) over all items, averaged over users.
 
 Rating: RMSE and MAE of the predictions (clipped to the dataset's rating range) on held-out events.
+
+A NaN or infinite score (or rating prediction) fails the evaluation with a ``RecbenchError``, so a
+diverged model is recorded FAILED instead of scoring HR@10 = 1 (a NaN never ranks "higher").
 """
 
 from __future__ import annotations
@@ -20,15 +23,41 @@ import torch
 from torch import Tensor
 
 from recbench.data.prepared import PreparedData
+from recbench.errors import RecbenchError
 
 
-def ranks_of_targets(scores: Tensor, targets: Tensor, exclude: Tensor | None = None) -> Tensor:
+def check_finite(values: Tensor, where: str, consider: Tensor | None = None) -> None:
+    """Raise ``RecbenchError`` if a value that counts (``consider``, default all) is NaN or infinite.
+
+    Why: a NaN score is never "higher" than the positive's, so NaN weights would rank every held-out
+    item first and report HR@10 = NDCG@10 = MRR = 1; an infinite score would tie or win by fiat.
+    """
+    bad = ~torch.isfinite(values)
+    if consider is not None:
+        bad &= consider
+    count = int(bad.sum())
+    if count:
+        raise RecbenchError(
+            f"the model produced {count} non-finite {where} (NaN or inf), so no metric is "
+            "meaningful; training diverged: lower train.lr or check the method's knobs"
+        )
+
+
+def ranks_of_targets(
+    scores: Tensor, targets: Tensor, exclude: Tensor | None = None, *, where: str = "scores"
+) -> Tensor:
     """0-based rank of each target among the candidates, ties counting half.
 
     ``scores``: (B, N) float; ``targets``: (B,) column indices; ``exclude``: optional (B, N) bool of
-    non-candidates (the target itself is always kept as the positive).
+    non-candidates (the target itself is always kept as the positive). A non-finite score of a
+    candidate raises ``RecbenchError`` (``where`` names the scores in the message).
     """
     rows = torch.arange(scores.shape[0], device=scores.device)
+    candidate = None
+    if exclude is not None:
+        candidate = ~exclude
+        candidate[rows, targets] = True
+    check_finite(scores, where, candidate)
     positive = scores[rows, targets].unsqueeze(1)
     others = scores.clone() if exclude is None else scores.masked_fill(exclude, float("-inf"))
     others[rows, targets] = float("-inf")
@@ -141,7 +170,12 @@ class RankingEvaluator:
             batch = slice(start, start + self.batch_size)
             users = spec.users[batch]
             scores = score_fn(self.context_of(users, part)).float()
-            out.append(ranks_of_targets(scores, spec.targets[batch], self.exclusion(users, part, batch)))
+            out.append(
+                ranks_of_targets(
+                    scores, spec.targets[batch], self.exclusion(users, part, batch),
+                    where=f"{part} scores",
+                )
+            )
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
     @torch.no_grad()
@@ -198,6 +232,7 @@ class RatingEvaluator:
             )
         finally:
             model.train(was_training)
+        check_finite(preds, f"{part} rating predictions")
         if self.range is not None:
             preds = preds.clamp(self.range[0], self.range[1])
         return rating_metrics(preds, ratings)

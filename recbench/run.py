@@ -35,7 +35,7 @@ from recbench.embeddings.base import BudgetedFactory, EmbeddingFactory, embeddin
 from recbench.errors import RecbenchError
 from recbench.interrupts import Interrupted, as_interrupted, signals_deferred, signals_raise
 from recbench.models.base import DataInfo, Recommender
-from recbench.size import model_size
+from recbench.size import model_size, reference_bits
 from recbench.tasks import build_task
 from recbench.tracking import StoreError, Twin, cell_hash, config_hash, flatten, make_tracker
 from recbench.training import fit, resolve_device
@@ -76,6 +76,7 @@ def load_data(cfg: DictConfig) -> PreparedData:
         min_user_count=ds.min_user_count,
         min_item_count=ds.min_item_count,
         duplicates=ds.get("duplicates", "keep"),
+        tie_break=ds.get("tie_break", "file"),
     )
 
 
@@ -116,6 +117,7 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
         "loss": str(cfg.train.loss),
         "preset": str(cfg.get("preset") or ""),
         "budget": "" if cfg.method.get("budget") is None else str(cfg.method.budget),
+        "tie_break": str(cfg.dataset.get("tie_break", "file")),
         "config_hash": config_hash(resolved),
         "cell_hash": cell_hash(resolved),
         **provenance.current(),
@@ -246,7 +248,10 @@ def _train_and_evaluate(
 
     seed_everything(cfg.seed)
     model = build_model(cfg, data).to(device)
-    size = model_size(model)
+    reference_dim = int(cfg.eval.get("reference_dim", 64))
+    size = model_size(
+        model, reference_bits(build(cfg.model), DataInfo.from_prepared(data), reference_dim), reference_dim
+    )
     parts = build_task(data, cfg, device)
     layer_knobs = {
         name: {"class": type(layer).__name__, **layer.knobs()}
@@ -256,9 +261,9 @@ def _train_and_evaluate(
         {**parts.tags, **{f"knobs.{n}": json.dumps(k, default=str) for n, k in layer_knobs.items()}}
     )
     log.info(
-        "model %s with %s embeddings: %d serving bits (%.1f%% of full)",
+        "model %s with %s embeddings: %d serving bits (%.1f%% of the full model at d = %d)",
         type(model).__name__, cfg.method._target_.rsplit(".", 1)[-1], size.serving_bits,
-        100 * size.fraction_of_full,
+        100 * size.fraction_of_full, reference_dim,
     )
 
     def validate() -> dict[str, float]:
@@ -369,7 +374,8 @@ def _print_summary(cfg: DictConfig, data: PreparedData, metrics: dict[str, Any])
     bits = int(metrics["size/serving_bits"])
     lines.append(
         f"  size        {bits:,} serving bits ({bits / 8 / 2**20:.3f} MiB), "
-        f"{100 * metrics['size/fraction_of_full']:.1f}% of full float32 embeddings"
+        f"{100 * metrics['size/fraction_of_full']:.1f}% of the full float32 model at "
+        f"d = {cfg.eval.get('reference_dim', 64)}"
     )
     lines.append(
         f"  time        train {metrics['time/train_seconds']:.1f}s "

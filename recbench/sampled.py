@@ -222,7 +222,7 @@ class SampledEvaluator:
             batch_cands = candidates[start : start + self.batch_size]
             scores = score_fn(self.context_of(batch_users, part), batch_cands).float()
             zeros = torch.zeros(len(batch_users), dtype=torch.long, device=scores.device)
-            out.append(ranks_of_targets(scores, zeros))
+            out.append(ranks_of_targets(scores, zeros, where=f"{part} scores (sampled protocol)"))
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
     @torch.no_grad()

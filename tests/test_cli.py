@@ -72,6 +72,7 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
 
     for source in (MlflowSource(f"sqlite:///{tmp_path / 'mlflow.db'}"), FolderSource(tmp_path / "run")):
         assert make_report(source.runs()).finished["cell"].tolist() == [tags["cell_hash"]]
+    assert tags["tie_break"] == "file" and record["tie_break"] == "file"
     assert run.data.params["train.epochs"] == "2"
     from mlflow.tracking import MlflowClient
 
@@ -93,6 +94,7 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
         (["train.loss=mse"], "train.loss=mse does not fit task=ranking"),
         (["train.lr=0"], "train.lr=0"),
         (["-m", "method=full,nope"], "unknown method option 'nope'"),
+        (["dataset.tie_break=time"], "dataset.tie_break=time is unknown; choose one of file, item, random"),
     ],
 )
 def test_preflight_messages(args: list[str], expected: str) -> None:

@@ -18,6 +18,7 @@ from recbench.evaluation import (
     ranks_of_targets,
     rating_metrics,
 )
+from recbench.models.gmf import GMF
 
 
 def test_rank_counts_higher_and_half_of_ties() -> None:
@@ -136,3 +137,77 @@ def test_rating_evaluator_clips_to_range() -> None:
 
     m = RatingEvaluator(data).evaluate(Constant(), "test")
     assert m["rmse"] == 0.0 and m["mae"] == 0.0  # 7 is clipped to 5
+
+
+def nan_gmf(data):  # noqa: ANN001, ANN201
+    """GMF whose output weights are NaN (a diverged model): every score is NaN."""
+    from recbench.embeddings.full import FullEmbedding
+    from recbench.models.base import DataInfo
+    from recbench.models.gmf import GMF
+
+    model = GMF(DataInfo.from_prepared(data), item_embedding=FullEmbedding, embedding_dim=8)
+    with torch.no_grad():
+        model.output.weight.fill_(float("nan"))
+    return model
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_candidate_score_fails(bad: float) -> None:
+    scores = torch.tensor([[0.9, 0.5, bad, 0.1]])
+    from recbench.errors import RecbenchError
+
+    with pytest.raises(RecbenchError, match="1 non-finite scores"):
+        ranks_of_targets(scores, torch.tensor([1]))
+    with pytest.raises(RecbenchError, match="non-finite"):  # the positive itself
+        ranks_of_targets(scores, torch.tensor([2]), torch.tensor([[False, False, True, False]]))
+    # an excluded non-candidate does not count
+    assert ranks_of_targets(scores, torch.tensor([1]), torch.tensor([[False, False, True, False]])).tolist() == [1.0]
+
+
+def test_nan_weights_fail_full_and_sampled_evaluation(tmp_path) -> None:  # noqa: ANN001
+    from recbench.errors import RecbenchError
+    from recbench.sampled import SampledEvaluator
+
+    data = toy_data()
+    model = nan_gmf(data)
+    for part in ("valid", "test"):
+        with pytest.raises(RecbenchError, match=f"non-finite {part} scores"):
+            RankingEvaluator(data).evaluate(model, part)
+    sampled = SampledEvaluator(data, seed=0, num_sampled=1, directory=tmp_path)
+    with pytest.raises(RecbenchError, match="non-finite test scores \\(sampled protocol\\)"):
+        sampled.evaluate(model, "test")
+
+
+def test_nan_rating_predictions_fail() -> None:
+    from recbench.errors import RecbenchError
+
+    inter = Interactions(
+        user=np.arange(1, 21), item=np.arange(1, 21) % 3 + 1,
+        rating=np.full(20, 5.0, dtype=np.float32), timestamp=None, name="r",
+    )
+    data = prepare(inter, "rating", seed=0, rating_range=(1, 5), rating_split=(0.5, 0.25, 0.25))
+    with pytest.raises(RecbenchError, match="non-finite test rating predictions"):
+        RatingEvaluator(data).evaluate(nan_gmf(data), "test")
+
+
+class EvalNaNGMF(GMF):
+    """GMF that trains normally but scores NaN in eval mode (a model that diverged at evaluation)."""
+
+    def score_all(self, context: torch.Tensor) -> torch.Tensor:
+        out = super().score_all(context)
+        return out if self.training else torch.full_like(out, float("nan"))
+
+
+def test_cli_run_with_nan_scores_is_recorded_failed(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from tests.test_cli import TINY, error_lines, mlflow_runs, run_cli
+
+    proc = run_cli([*TINY, "model._target_=tests.test_evaluation.EvalNaNGMF"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = error_lines(proc)
+    assert "non-finite valid scores" in line and "Traceback" not in proc.stderr
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "FAILED" and "non-finite" in record["error"]
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FAILED"

@@ -81,3 +81,11 @@ def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="export the run first"):
         serving.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("method", ["hashing", "bloom"])
+def test_hashed_methods_reload_with_the_run_seeds_hash_seed(method: str, tmp_path: Path) -> None:
+    cfg, model, parts = trained([f"method={method}", "seed=3"])
+    export_and_check(cfg, model, parts, tmp_path)  # reloads with the recorded hash seed
+    manifest = json.loads((tmp_path / serving.MANIFEST).read_text())
+    assert {spec["meta"]["hash_seed"] for spec in manifest["layers"].values()} == {3}

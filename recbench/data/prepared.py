@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recbench.data.interactions import IdMap, Interactions, frequency_id_map
+from recbench.data.interactions import IdMap, Interactions, check_tie_break, frequency_id_map
 from recbench.data.splits import SplitIndex, leave_last_two_out, random_split
 from recbench.errors import ConfigError, DataError
 
@@ -111,11 +111,17 @@ def prepare(
     min_user_count: int = 0,
     min_item_count: int = 0,
     duplicates: str = "keep",
+    tie_break: str = "file",
 ) -> PreparedData:
     """Filter, split and encode ``inter`` for ``task`` (one of TASKS); repeated (user, item)
-    events are handled first, by the ``duplicates`` policy (``filters.DUPLICATE_POLICIES``)."""
+    events are handled first, by the ``duplicates`` policy (``filters.DUPLICATE_POLICIES``).
+
+    ``tie_break`` orders events with equal timestamps for leave-last-two-out (``file``, ``item`` or
+    ``random`` seeded by ``seed``); rating tasks split at random and do not use it.
+    """
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is unknown; choose one of {', '.join(TASKS)}")
+    check_tie_break(tie_break)
     notes: list[str] = []
     check_rating_range(inter, rating_range)
     from recbench.data.filters import deduplicate
@@ -142,7 +148,7 @@ def prepare(
     if task == "rating":
         split: SplitIndex = random_split(inter, tuple(rating_split), seed)
     else:
-        split = leave_last_two_out(inter)
+        split = leave_last_two_out(inter, tie_break=tie_break, seed=seed)
         if split.dropped_users:
             msg = (
                 f"dropped {split.dropped_users} users with fewer than 3 interactions "

@@ -1,7 +1,8 @@
 """Train/validation/test splits.
 
 * Ranking and sequential tasks: leave-last-two-out by timestamp (the MGQE paper's protocol). Each
-  user's events are ordered by timestamp, ties keeping file order; the last event is the test item,
+  user's events are ordered by timestamp, equal timestamps by ``tie_break`` (file order by default,
+  see ``Interactions.time_order``); the last event is the test item,
   the one before it the validation item, the rest are training events.
 * Rating tasks: a seeded random split of the rating events.
 """
@@ -27,15 +28,20 @@ class SplitIndex:
     dropped_events: int = 0
 
 
-def leave_last_two_out(inter: Interactions, min_events: int = 3) -> SplitIndex:
+def leave_last_two_out(
+    inter: Interactions, min_events: int = 3, *, tie_break: str = "file", seed: int = 0
+) -> SplitIndex:
     """Per user: last event -> test, second to last -> validation, the rest -> train.
+
+    Events with equal timestamps are ordered by ``tie_break`` (``file``, ``item`` or ``random``
+    seeded by ``seed``; ``Interactions.time_order``).
 
     Users with fewer than ``min_events`` events cannot give one training event, one validation and
     one test event; they are dropped and counted. Training rows keep per-user time order.
     """
     if len(inter) == 0:
         raise DataError(f"dataset {inter.name!r} has no interactions; check the data file")
-    order = inter.time_order()
+    order = inter.time_order(tie_break, seed)
     users = inter.user[order]
     boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1
     starts = np.concatenate([[0], boundaries])

@@ -23,9 +23,10 @@ from recbench.errors import ConfigError
 class BloomEmbedding(CompressedEmbedding):
     """Each real id reads ``k`` rows of one ``m x d`` table and returns their AVERAGE.
 
-    The ``k`` hash functions are one family with seeds ``hash_seed, hash_seed + 1, ...,
-    hash_seed + k - 1`` (as in the PyTorch port of Bloom embeddings that hashes "with a different
-    seed" per function). Two functions may pick the same bucket for an id; that row then counts twice
+    The ``k`` hash functions are one family with seeds ``hash_seed * k, hash_seed * k + 1, ...,
+    hash_seed * k + k - 1`` (as in the PyTorch port of Bloom embeddings that hashes "with a different
+    seed" per function): consecutive ``hash_seed`` values (the YAML default follows the run seed)
+    share no function, and ``hash_seed = 0`` gives seeds ``0 .. k - 1``. Two functions may pick the same bucket for an id; that row then counts twice
     in the mean (a plain average over the ``k`` lookups). Averaging rather than summing keeps the
     output scale independent of ``k``. The ``(n + 1, k)`` mapping is computed once at construction
     and kept as a non-persistent buffer (recomputed, never stored); padding is zeroed, never hashed.
@@ -70,7 +71,8 @@ class BloomEmbedding(CompressedEmbedding):
 
     @staticmethod
     def _mapping(num_embeddings: int, knobs: Mapping[str, Any]) -> Tensor:
-        seeds = [int(knobs["hash_seed"]) + j for j in range(int(knobs["num_hashes"]))]
+        k = int(knobs["num_hashes"])
+        seeds = [int(knobs["hash_seed"]) * k + j for j in range(k)]
         return bucket_mapping(
             num_embeddings, knobs["hash_family"], seeds, int(knobs["num_buckets"])
         )

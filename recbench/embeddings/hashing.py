@@ -152,19 +152,23 @@ FAMILIES: dict[str, HashFamily] = {
 
 # ------------------------------------------------------------------ public API
 def check_hash_knobs(family: str, seed: int, num_seeds: int = 1) -> None:
-    """Raise ``ConfigError`` for an unknown family or a seed range outside ``[0, 2**32)``."""
+    """Raise ``ConfigError`` for an unknown family or a seed whose block of ``num_seeds`` hash
+    seeds ``seed * num_seeds .. seed * num_seeds + num_seeds - 1`` leaves ``[0, 2**32)``."""
     if family not in FAMILIES:
         raise ConfigError(
             f"method.hash_family={family} is unknown; use one of {', '.join(FAMILIES)}"
         )
+    largest = MAX_SEED // num_seeds - 1
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ConfigError(f"method.hash_seed={seed} must be an integer in [0, {largest}]")
+    if not 0 <= int(seed) <= largest:
         raise ConfigError(
-            f"method.hash_seed={seed} must be an integer in [0, {MAX_SEED - num_seeds}]"
-        )
-    if not 0 <= int(seed) <= MAX_SEED - num_seeds:
-        raise ConfigError(
-            f"method.hash_seed={seed} is out of range; use an integer in [0, {MAX_SEED - num_seeds}]"
-            + (f" (seeds hash_seed..hash_seed+{num_seeds - 1} are used)" if num_seeds > 1 else "")
+            f"method.hash_seed={seed} is out of range; use an integer in [0, {largest}]"
+            + (
+                f" (hash seeds hash_seed*{num_seeds}..hash_seed*{num_seeds}+{num_seeds - 1} are used)"
+                if num_seeds > 1
+                else ""
+            )
         )
 
 

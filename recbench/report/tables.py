@@ -6,7 +6,8 @@ formatting) free of I/O lets the tests feed hand-made frames and compare with ha
 
 Layout: one table per (dataset, evaluation protocol, task kind); rows = methods (with their size
 setting); a column group per backbone with HR@10, NDCG@10 (or RMSE, MAE for rating runs), the
-model size in % of the full-embedding model, and the number of seeds.
+model size in % of the full-embedding model at the runs' reference dimension
+(``eval.reference_dim``, default 64), and the number of seeds.
 
 What is pooled: a table cell averages the runs of one *cell* (``recbench.report.cells``): runs whose
 recorded configurations are identical except for the seed (and keys that cannot change a result).
@@ -578,7 +579,8 @@ def to_markdown(tables: Sequence[PaperTable], notes: Sequence[str] = ()) -> str:
         lines += [
             "",
             "mean ± sample std [95 % CI of the mean, Student t] over n seeds (runs identical but for "
-            "the seed); Size % = serving size / full-embedding size. " + marks_text(t.margin),
+            "the seed); Size % = serving size / full float32 model at the reference d "
+            "(eval.reference_dim, default 64). " + marks_text(t.margin),
         ]
         parts.append("\n".join(lines))
     text = "\n\n".join(parts) + "\n"

@@ -83,3 +83,57 @@ def test_ratings_outside_range_rejected() -> None:
     inter = Interactions(user=np.array([1, 2]), item=np.array([1, 2]), rating=np.array([3.0, 6.0]))
     with pytest.raises(DataError, match="outside dataset.rating_range"):
         prepare(inter, "rating", seed=0, rating_range=(1, 5))
+
+
+def _tied() -> Interactions:
+    # user 7's last two events tie at t=30 (file order: item 9, then item 4); user 8 has no tie
+    return Interactions(
+        user=np.array([7, 7, 7, 7, 8, 8, 8]),
+        item=np.array([5, 9, 4, 2, 1, 2, 3]),
+        timestamp=np.array([10, 30, 30, 20, 1, 2, 3]),
+    )
+
+
+def _held_out(split, inter: Interactions, part: str, user: int) -> int:
+    index = getattr(split, part)
+    return int(inter.item[index[inter.user[index] == user]][0])
+
+
+def test_tie_break_file_keeps_file_order_and_is_the_default() -> None:
+    inter = _tied()
+    default, file = leave_last_two_out(inter), leave_last_two_out(inter, tie_break="file")
+    assert np.array_equal(default.test, file.test) and np.array_equal(default.valid, file.valid)
+    assert _held_out(file, inter, "test", 7) == 4 and _held_out(file, inter, "valid", 7) == 9
+
+
+def test_tie_break_item_orders_ties_by_raw_item_id() -> None:
+    inter = _tied()
+    split = leave_last_two_out(inter, tie_break="item")
+    assert _held_out(split, inter, "test", 7) == 9 and _held_out(split, inter, "valid", 7) == 4
+    assert _held_out(split, inter, "test", 8) == 3  # no tie: unaffected
+
+
+def test_tie_break_random_is_seeded_and_only_reorders_ties() -> None:
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(200), 4)
+    inter = Interactions(
+        user=users, item=rng.integers(1, 1000, len(users)), timestamp=np.tile([1, 2, 3, 3], 200)
+    )
+    a = leave_last_two_out(inter, tie_break="random", seed=1)
+    b = leave_last_two_out(inter, tie_break="random", seed=1)
+    c = leave_last_two_out(inter, tie_break="random", seed=2)
+    assert np.array_equal(a.test, b.test) and np.array_equal(a.valid, b.valid)
+    assert not np.array_equal(np.sort(a.test), np.sort(c.test))
+    # the tied pair (positions 2, 3 of each user) is split between valid and test in both orders
+    assert set(np.concatenate([a.test, a.valid]) % 4) == {2, 3}
+    assert np.array_equal(np.sort(a.train), np.sort(c.train))
+    # roughly half of the 200 ties go each way
+    assert 60 < int((a.test % 4 == 3).sum()) < 140
+
+
+def test_tie_break_flows_through_prepare_and_unknown_value_fails() -> None:
+    inter = _tied()
+    data = prepare(inter, "ranking", seed=0, tie_break="item")
+    assert data.items.raw[data.test.item[data.users.raw[data.test.user - 1] == 7] - 1].tolist() == [9]
+    with pytest.raises(ConfigError, match=r"dataset.tie_break=time is unknown; choose one of file, item, random"):
+        prepare(inter, "ranking", seed=0, tie_break="time")

@@ -11,11 +11,11 @@ from recbench.embeddings.hashing import hash_ids
 from recbench.errors import ConfigError
 
 
-def test_seeds_are_consecutive_and_mapping_shape() -> None:
+def test_seeds_are_a_block_of_k_and_mapping_shape() -> None:
     layer = BloomEmbedding(201, 4, num_hashes=3, num_buckets=31, hash_family="xxhash", hash_seed=10)
     assert layer.mapping.shape == (201, 3)
-    for j in range(3):
-        expected = hash_ids(np.arange(1, 201), "xxhash", 10 + j, 31)
+    for j in range(3):  # function j of hash_seed 10 uses seed 10 * 3 + j: blocks never overlap
+        expected = hash_ids(np.arange(1, 201), "xxhash", 30 + j, 31)
         np.testing.assert_array_equal(layer.mapping[1:, j].numpy(), expected)
     assert "mapping" not in layer.state_dict()
 
@@ -25,7 +25,7 @@ def test_vectors_are_averaged_by_hand() -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.arange(15, dtype=torch.float32).reshape(5, 3))
     for i in range(1, 21):
-        a, b = (int(hash_ids(np.array([i]), "murmur3", 4 + j, 5)[0]) for j in range(2))
+        a, b = (int(hash_ids(np.array([i]), "murmur3", 8 + j, 5)[0]) for j in range(2))
         by_hand = [(3 * a + c + 3 * b + c) / 2 for c in range(3)]
         assert layer(torch.tensor(i)).tolist() == pytest.approx(by_hand)
     assert layer(torch.tensor(0)).tolist() == [0.0, 0.0, 0.0]
@@ -74,6 +74,7 @@ def test_check_knobs() -> None:
     with pytest.raises(ConfigError, match="method.num_hashes=0"):
         BloomEmbedding.check_knobs(8, num_hashes=0)
     with pytest.raises(ConfigError, match="method.hash_seed"):
-        BloomEmbedding.check_knobs(8, num_hashes=2, hash_seed=2**32 - 1)  # seed + 1 overflows
+        BloomEmbedding.check_knobs(8, num_hashes=2, hash_seed=2**31)  # 2 * seed + 1 overflows
+    BloomEmbedding.check_knobs(8, num_hashes=2, hash_seed=2**31 - 1)  # the largest: seed 2**32 - 1
     with pytest.raises(ConfigError, match="method.hash_family=foo"):
         BloomEmbedding(11, 4, hash_family="foo")
