@@ -13,6 +13,8 @@ import random
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import recbench.config  # noqa: F401 - registers the schema with Hydra
-from recbench.checks import check_run_config, preflight
+from recbench.checks import check_run_config, preflight, rename_method_keys
 from recbench.data.prepared import PreparedData, prepare
 from recbench.embeddings.base import BudgetedFactory, EmbeddingFactory, embedding_layers
-from recbench.errors import RecbenchError
+from recbench.errors import ConfigError, RecbenchError
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size
 from recbench.tasks import build_task
@@ -74,13 +76,38 @@ def load_data(cfg: DictConfig) -> PreparedData:
     )
 
 
-def method_factory(node: DictConfig) -> EmbeddingFactory:
+def method_factory(node: DictConfig, where: str = "method") -> EmbeddingFactory:
     """The embedding factory a method node describes; with ``budget`` set, its size knob is solved
-    per layer (``CompressedEmbedding.solve_budget``) instead of read from the YAML."""
+    per layer (``CompressedEmbedding.solve_budget``) instead of read from the YAML. ``where`` is
+    the node's key: errors of the user table's method name ``user_method.<knob>``."""
     knobs = OmegaConf.to_container(node, resolve=True)
     budget = knobs.pop("budget", None)
-    factory = build(knobs)
-    return factory if budget is None else BudgetedFactory(factory, float(budget))
+    with renamed_errors(where):
+        factory = build(knobs)
+        factory = factory if budget is None else BudgetedFactory(factory, float(budget))
+    return factory if where == "method" else _RenamedFactory(factory, where)
+
+
+@contextmanager
+def renamed_errors(where: str) -> Iterator[None]:
+    """Re-raise a ConfigError with its ``method.<knob>`` keys named ``<where>.<knob>``."""
+    try:
+        yield
+    except ConfigError as exc:
+        if where == "method":
+            raise
+        raise ConfigError(rename_method_keys(str(exc), where)) from None
+
+
+class _RenamedFactory:
+    """A method factory whose errors (budget solver, knob checks at build time) name ``where``."""
+
+    def __init__(self, factory: EmbeddingFactory, where: str) -> None:
+        self.factory, self.where = factory, where
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with renamed_errors(self.where):
+            return self.factory(*args, **kwargs)
 
 
 def build_model(cfg: DictConfig, data: PreparedData) -> Recommender:
@@ -88,7 +115,7 @@ def build_model(cfg: DictConfig, data: PreparedData) -> Recommender:
     item_factory = method_factory(cfg.method)
     user_factory = None
     if cfg.get("user_method") is not None:
-        user_factory = method_factory(cfg.user_method)
+        user_factory = method_factory(cfg.user_method, "user_method")
     model_factory = build(cfg.model)
     return model_factory(
         DataInfo.from_prepared(data), item_embedding=item_factory, user_embedding=user_factory
