@@ -37,10 +37,12 @@ EXEMPT = {
     r".*train\.device=cuda.*": "needs a GPU",
 }
 
-#: Small synthetic data for commands on the default dataset: large enough that every method of the
+#: Small synthetic data for sweeps on the default dataset: large enough that every method of the
 #: equal-memory example reaches budget 0.5 (DPQ/MGQE store K = 256 centroids: K/n must be < 0.5).
 SYNTHETIC = ["dataset.loader.num_users=1500", "dataset.loader.num_items=1200",
              "dataset.loader.events_per_user=6"]  # fmt: skip
+#: Tiny synthetic data for single runs (a few seconds each, most of it Python start-up).
+TINY = ["dataset.loader.num_users=150", "dataset.loader.num_items=80"]
 #: Keys whose sweep lists are cut to their first value (the README lists several to show a sweep).
 CUT_SWEEPS = ("seed", "method.budget")
 REAL = ("ml-100k", "ml-1m", "ml-latest-small", "amazon-games")
@@ -143,7 +145,7 @@ def shorten_run(args: list[str], tmp: Path, n: int) -> list[str]:
         if not any(a.startswith("dataset=") for a in out):
             extra.append("dataset=ml-100k")  # presets default to ML-1M, absent here
     if not real:
-        extra += SYNTHETIC
+        extra += SYNTHETIC if "-m" in out else TINY
     if any("model=sasrec" in a for a in out):
         extra += ["model.max_len=20"]
     return out + extra
