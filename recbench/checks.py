@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
+from collections.abc import Callable, Iterable
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from recbench.errors import ConfigError, RecbenchError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("dataset", "model", "method", "train", "eval", "tracking", "experiment")
+GROUPS = ("dataset", "model", "method", "user_method", "train", "eval", "tracking", "experiment")
+#: Groups whose options are another group's files (``user_method`` reuses ``conf/method/``).
+_OPTION_DIRS = {"user_method": "method"}
 _SPECIAL_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "budget")
 _FLAGS_WITH_VALUE = {
     "--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -31,7 +36,36 @@ _FLAGS_WITH_VALUE = {
 
 def options(group: str) -> list[str]:
     """The options of a config group (file names in conf/<group>/)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / _OPTION_DIRS.get(group, group)).glob("*.yaml"))
+
+
+def nearest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to a mistyped ``name`` (difflib), or None when none is close."""
+    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_key_message(full: str, valid: Iterable[str] | None) -> str:
+    """``unknown key 'train.epoch'; did you mean train.epochs? ...``: the nearest valid key of the
+    same node when one is close, else the node's keys. Never a ``+`` hint: adding a mistyped key
+    would run and silently ignore it."""
+    parent, _, leaf = full.rpartition(".")
+    prefix = parent + "." if parent else ""
+    valid = [str(k) for k in (valid or [])]
+    guess = nearest(leaf, valid)
+    if guess is not None:
+        return f"unknown key '{full}'; did you mean {prefix}{guess}? (see `python -m recbench.run --cfg job`)"
+    if valid:
+        return f"unknown key '{full}'; the keys of {parent or 'the config'} are: {', '.join(valid)}"
+    return f"unknown key '{full}'; check the spelling (see `python -m recbench.run --cfg job`)"
+
+
+def rename_method_keys(message: str, where: str) -> str:
+    """A method's own messages name its knobs ``method.<knob>``; for the user table's method the
+    key the user typed is ``user_method.<knob>``."""
+    if where == "method":
+        return message
+    return re.sub(r"(?<![\w.])method\.", f"{where}.", message)
 
 
 # ----------------------------------------------------------------------------- preflight
@@ -73,23 +107,35 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
-def explain(exc: BaseException) -> str:
-    """A one-line explanation of a Hydra/OmegaConf composition error."""
+def explain(exc: BaseException, keys_of: Callable[[str], list[str] | None] | None = None) -> str:
+    """A one-line explanation of a Hydra/OmegaConf composition error. ``keys_of(parent)`` lists
+    the valid keys of a config node, for the nearest-key hint of a mistyped key."""
+    keys_of = keys_of or (lambda parent: None)
     text = " ".join(str(exc).split())
     missing = re.search(r"Could not find '([\w/+@.-]+)/([^']+)'", text)
     if missing:
         group, option = missing.group(1).split("@")[0].lstrip("/"), missing.group(2)
         group = group.split("/")[-1]
         valid = ", ".join(options(group)) or "(none)"
-        return f"unknown {group} option '{option}'; choose one of: {valid} (e.g. {group}={valid.split(', ')[0]})"
-    key = re.search(r"Key '([^']+)' not in '(\w+)'.*?full_key: ([\w.]+)", text)
-    if key:
-        full = key.group(3)
-        parent = full.rsplit(".", 1)[0] if "." in full else ""
+        guess = nearest(option, options(group))
+        plus = "+" if group == "experiment" else ""  # presets are not in the defaults list
+        hint = f"did you mean {plus}{group}={guess}? " if guess else ""
         return (
-            f"unknown key '{full}'; check the spelling (see `python -m recbench.run --cfg job` for "
-            f"the keys{' of ' + parent if parent else ''}), or add it with +{full}=... if it is new"
+            f"unknown {group} option '{option}'; {hint}choose one of: {valid} "
+            f"(e.g. {plus}{group}={valid.split(', ')[0]})"
         )
+    preset = re.search(r"Could not override '(\w+)'\. No match in the defaults list", text)
+    if preset:
+        group = preset.group(1)
+        value = re.search(r"use \+(\S+)", text)
+        return (
+            f"{group} is not in the defaults list, so it is added with a +: use "
+            f"+{value.group(1) if value else group + '=...'} (options: {', '.join(options(group))})"
+        )
+    key = re.search(r"Key '([^']+)' (?:not in '\w+'|is not in struct).*?full_key: ([\w.]+)", text)
+    if key:
+        full = key.group(2)
+        return unknown_key_message(full, keys_of(full.rpartition(".")[0]))
     where_text = text + " " + " ".join(str(exc.__cause__ or "").split())
     could_not_override = re.search(
         r"(?:Could not override '([^']+)'|Error merging override ([\w.]+)=|full_key: ([\w.]+))",
@@ -100,18 +146,17 @@ def explain(exc: BaseException) -> str:
     )
     if value:
         where = next((g for g in could_not_override.groups() if g), "a key") if could_not_override else "a key"
-        return f"{where}={value.group(1)} is not a valid {value.group(2).lower()}; give a {value.group(2).lower()} value"
+        kind = value.group(2).lower()
+        article = "an" if kind[:1] in "aeiou" else "a"
+        return f"{where}={value.group(1)} is not a valid {kind}; give {article} {kind} value"
     appended = re.search(r"Could not override '([^']+)'\. To append", text)
     if appended or "Could not append to config" in text or "is not in struct" in text:
         k = re.search(r"Key '([^']+)'", text)
         name = appended.group(1) if appended else (k.group(1) if k else "?")
-        return (
-            f"unknown key '{name}'; check the spelling (see `python -m recbench.run --cfg job`), "
-            f"or use +{name}=... to add a new key"
-        )
+        return unknown_key_message(name, keys_of(name.rpartition(".")[0]))
     cause = exc.__cause__ or exc.__context__
     if cause is not None and cause is not exc and str(cause):
-        return explain(cause)
+        return explain(cause, keys_of)
     return text.split(" Set the environment variable HYDRA_FULL_ERROR")[0]
 
 
@@ -140,10 +185,28 @@ def preflight(argv: list[str], destinations: bool = False) -> str | None:
                 except RecbenchError as exc:
                     return str(exc)
                 except Exception as exc:  # noqa: BLE001
-                    return explain(exc)
+                    return explain(exc, lambda parent, v=variant: _node_keys(compose, v, parent))
     finally:
         GlobalHydra.instance().clear()
     return None
+
+
+def _node_keys(compose: Callable[..., DictConfig], variant: list[str], parent: str) -> list[str] | None:
+    """The keys of the node ``parent`` in the configuration composed without the overrides that
+    touch it (those hold the typo); None when that cannot be composed."""
+    def key(override: str) -> str:
+        return override.lstrip("+~").split("=", 1)[0]
+
+    if parent:
+        kept = [o for o in variant if not key(o).startswith(parent + ".")]
+    else:  # a top-level typo: keep only group choices and nested keys
+        kept = [o for o in variant if "." in key(o) or key(o).split("@")[0] in GROUPS]
+    try:
+        cfg = compose("config", overrides=kept)
+    except Exception:  # noqa: BLE001 - the hint is optional
+        return None
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else None
 
 
 # ------------------------------------------------------------------------ run config
@@ -162,10 +225,28 @@ def check_target_keys(node: DictConfig, where: str) -> None:
     unknown = [k for k in node.keys() if k not in _SPECIAL_KEYS and k not in params]
     if unknown:
         valid = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        guess = nearest(str(unknown[0]), valid)
+        hint = f"did you mean {where}.{guess}? " if guess else ""
         raise ConfigError(
-            f"unknown key '{where}.{unknown[0]}' for {target.rsplit('.', 1)[-1]}; valid keys: "
+            f"unknown key '{where}.{unknown[0]}' for {target.rsplit('.', 1)[-1]}; {hint}valid keys: "
             f"{', '.join(valid)}"
         )
+
+
+def check_schema_keys(cfg: DictConfig) -> None:
+    """Typed nodes hold only their schema's keys: ``+train.epoch=3`` composes (``+`` adds a key
+    even to a dataclass node) but would be ignored, so it fails here with the nearest key."""
+    from recbench.config import RecbenchConfig
+
+    for f in fields(RecbenchConfig):
+        default = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
+        node = cfg.get(f.name)
+        if not is_dataclass(default) or not isinstance(node, DictConfig):
+            continue
+        valid = [g.name for g in fields(default)]
+        unknown = [str(k) for k in node.keys() if k not in valid]
+        if unknown:
+            raise ConfigError(unknown_key_message(f"{f.name}.{unknown[0]}", valid))
 
 
 def method_knobs(node: DictConfig) -> dict[str, Any]:
@@ -175,9 +256,14 @@ def method_knobs(node: DictConfig) -> dict[str, Any]:
 
 
 def check_method(node: DictConfig, where: str, embedding_dim: int) -> None:
+    """The node's keys fit its class and its knobs pass the class's ``check_knobs``; messages name
+    the key as typed (``user_method.num_buckets`` for the user table's method)."""
     check_target_keys(node, where)
     cls = get_object(node._target_)
-    cls.check_knobs(embedding_dim, **method_knobs(node))
+    try:
+        cls.check_knobs(embedding_dim, **method_knobs(node))
+    except ConfigError as exc:
+        raise ConfigError(rename_method_keys(str(exc), where)) from None
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -185,6 +271,7 @@ def check_run_config(cfg: DictConfig) -> None:
     from recbench.data.interactions import check_tie_break
     from recbench.training import check_loss
 
+    check_schema_keys(cfg)
     check_target_keys(cfg.model, "model")
     model_cls = get_object(cfg.model._target_)
     model_cls.check_task(cfg.task)

@@ -5,6 +5,11 @@ dataclasses: a mistyped key (``train.epoch=3``) or a wrong type (``train.epochs=
 Hydra composes the configuration, before any data is loaded. Groups whose contents differ per option
 (``model``, ``method``, ``dataset.loader``) are free-form here and are checked against their
 ``_target_``'s signature by ``recbench.checks``.
+
+``user_method`` is a config group whose options are the files of ``conf/method/``, registered here
+(``register_configs``) rather than copied into ``conf/user_method/``: a new method YAML is at once a
+user-table option, and ``user_method=qr`` on the command line selects it like any group. Its
+default (``user_method: null`` in ``conf/config.yaml``) means "the same as ``method``".
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -113,10 +119,52 @@ class RecbenchConfig:
     resume: str = "same_code"  # same_code: reuse only FINISHED runs of identical code; any_code
 
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+METHOD_DIR = CONF_DIR / "method"
+
+#: How each group is chosen on the command line, in the order of ``conf/config.yaml``; presets are
+#: not in the defaults list and need a ``+``.
+_HELP_GROUPS = (
+    ("dataset=", "dataset", ""),
+    ("model=", "model", ""),
+    ("method=", "method", ""),
+    ("user_method=", "method", "(default: same as method) "),
+    ("train=", "train", ""),
+    ("eval=", "eval", ""),
+    ("tracking=", "tracking", ""),
+    ("+experiment=", "experiment", "(a preset with its sweep; note the +) "),
+    ("hydra/launcher=", "hydra/launcher", "(with -m; also joblib when installed) "),
+)
+
+
+def help_groups() -> str:
+    """The ``--help`` list of groups and their options, written as they are typed (``+experiment=``
+    with its plus, ``user_method=``), read from conf/ so that it never drifts."""
+    width = max(len(flag) for flag, _, _ in _HELP_GROUPS) + 2
+    lines = []
+    for flag, folder, note in _HELP_GROUPS:
+        names = ", ".join(sorted(p.stem for p in (CONF_DIR / folder).glob("*.yaml")))
+        lines.append(f"{flag:<{width}}{note}{names}")
+    return "\n".join(lines)
+
+
 def register_configs() -> None:
-    """Put the schema into Hydra's ConfigStore and the ``recbench_uid`` resolver (idempotent)."""
-    ConfigStore.instance().store(name="schema", node=RecbenchConfig)
+    """Put the schema, the ``recbench_uid`` resolver and the ``user_method`` options into Hydra's
+    ConfigStore (idempotent).
+
+    Each ``user_method/<name>`` option is a defaults list that pulls ``conf/method/<name>.yaml``
+    into the ``user_method`` package, so ``user_method=qr user_method.num_buckets=64`` works."""
+    store = ConfigStore.instance()
+    store.store(name="schema", node=RecbenchConfig)
     OmegaConf.register_new_resolver("recbench_uid", launch_id, use_cache=True, replace=True)
+    for path in sorted(METHOD_DIR.glob("*.yaml")):
+        store.store(
+            group="user_method",
+            name=path.stem,
+            node={"defaults": [f"/method/{path.stem}@_here_", "_self_"]},
+        )
 
 
 register_configs()
+if not OmegaConf.has_resolver("recbench_help_groups"):
+    OmegaConf.register_new_resolver("recbench_help_groups", help_groups)

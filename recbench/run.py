@@ -14,6 +14,8 @@ import random
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import recbench.config  # noqa: F401 - registers the schema with Hydra
 from recbench import callbacks, provenance
-from recbench.checks import check_data_fit, check_run_config, preflight
+from recbench.checks import check_data_fit, check_run_config, preflight, rename_method_keys
 from recbench.data.prepared import PreparedData, prepare
 from recbench.embeddings.base import BudgetedFactory, EmbeddingFactory, embedding_layers
-from recbench.errors import RecbenchError
+from recbench.errors import ConfigError, RecbenchError
 from recbench.interrupts import Interrupted, as_interrupted, signals_deferred, signals_raise
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size, reference_bits
@@ -41,6 +43,26 @@ from recbench.tracking import StoreError, Twin, cell_hash, config_hash, flatten,
 from recbench.training import fit, resolve_device
 
 log = logging.getLogger("recbench")
+
+
+def parallel_launcher() -> bool:
+    """True when this run is one of several running at once (a sweep under any launcher but
+    Hydra's sequential ``basic`` one: joblib, submitit/SLURM): progress bars would interleave, so
+    such runs show no bar and print one summary line each."""
+    if not HydraConfig.initialized():
+        return False
+    hydra_cfg = HydraConfig.get()
+    launcher = hydra_cfg.runtime.choices.get("hydra/launcher") or "basic"
+    return hydra_cfg.mode == RunMode.MULTIRUN and launcher != "basic"
+
+
+def quiet_libraries() -> None:
+    """MLflow and alembic log every schema check of the sqlite store at INFO ("Creating initial
+    MLflow database tables...", "Context impl SQLiteImpl."); a run's console shows recbench's lines
+    and the libraries' warnings only."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("mlflow", "alembic", "sqlalchemy", "urllib3", "git"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def seed_everything(seed: int) -> None:
@@ -80,13 +102,38 @@ def load_data(cfg: DictConfig) -> PreparedData:
     )
 
 
-def method_factory(node: DictConfig) -> EmbeddingFactory:
+def method_factory(node: DictConfig, where: str = "method") -> EmbeddingFactory:
     """The embedding factory a method node describes; with ``budget`` set, its size knob is solved
-    per layer (``CompressedEmbedding.solve_budget``) instead of read from the YAML."""
+    per layer (``CompressedEmbedding.solve_budget``) instead of read from the YAML. ``where`` is
+    the node's key: errors of the user table's method name ``user_method.<knob>``."""
     knobs = OmegaConf.to_container(node, resolve=True)
     budget = knobs.pop("budget", None)
-    factory = build(knobs)
-    return factory if budget is None else BudgetedFactory(factory, float(budget))
+    with renamed_errors(where):
+        factory = build(knobs)
+        factory = factory if budget is None else BudgetedFactory(factory, float(budget))
+    return factory if where == "method" else _RenamedFactory(factory, where)
+
+
+@contextmanager
+def renamed_errors(where: str) -> Iterator[None]:
+    """Re-raise a ConfigError with its ``method.<knob>`` keys named ``<where>.<knob>``."""
+    try:
+        yield
+    except ConfigError as exc:
+        if where == "method":
+            raise
+        raise ConfigError(rename_method_keys(str(exc), where)) from None
+
+
+class _RenamedFactory:
+    """A method factory whose errors (budget solver, knob checks at build time) name ``where``."""
+
+    def __init__(self, factory: EmbeddingFactory, where: str) -> None:
+        self.factory, self.where = factory, where
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with renamed_errors(self.where):
+            return self.factory(*args, **kwargs)
 
 
 def build_model(cfg: DictConfig, data: PreparedData) -> Recommender:
@@ -94,7 +141,7 @@ def build_model(cfg: DictConfig, data: PreparedData) -> Recommender:
     item_factory = method_factory(cfg.method)
     user_factory = None
     if cfg.get("user_method") is not None:
-        user_factory = method_factory(cfg.user_method)
+        user_factory = method_factory(cfg.user_method, "user_method")
     model_factory = build(cfg.model)
     return model_factory(
         DataInfo.from_prepared(data), item_embedding=item_factory, user_embedding=user_factory
@@ -145,6 +192,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if not os.access(run_dir, os.W_OK):
         raise StoreError(f"the run folder {run_dir} is read-only; run from a writable folder or set hydra.run.dir")
     identity = run_identity(cfg)
+    quiet_libraries()
     tracker = make_tracker(
         cfg.tracking.enabled,
         cfg.tracking.uri,
@@ -281,7 +329,7 @@ def _train_and_evaluate(
         validate=validate if parts.has_validation else None,
         on_epoch=lambda epoch, row: _on_epoch(tracker, progress, epoch, row),
         seed=cfg.seed,
-        progress=cfg.train.progress,
+        progress=cfg.train.progress and not parallel_launcher(),
         sparse=cfg.train.sparse,
         compile=cfg.train.compile,
     )
@@ -326,7 +374,7 @@ def _train_and_evaluate(
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tracker.log_artifact(run_dir / "metrics.json")
     tracker.log_artifact(run_dir / "config.yaml")
-    _print_summary(cfg, data, metrics)
+    _print_summary(cfg, data, metrics, run_dir)
     return metrics
 
 
@@ -360,28 +408,68 @@ def _export_serving(
     return out
 
 
-def _print_summary(cfg: DictConfig, data: PreparedData, metrics: dict[str, Any]) -> None:
+def _metric_label(key: str) -> str:
+    """``test/hr_at_10`` -> ``HR@10`` (the papers' names)."""
+    return key.split("/", 1)[1].replace("_at_", "@").upper()
+
+
+def _print_summary(
+    cfg: DictConfig, data: PreparedData, metrics: dict[str, Any], run_dir: Path | None = None
+) -> None:
+    """The run's result at a glance: the model against the popularity baseline, its serving size
+    and where the time went. A run of a parallel sweep prints one line (lines of concurrent runs
+    would interleave)."""
+    ident = run_identity(cfg)
+    name = f"{ident['dataset']} / {ident['model']} / {ident['method']}" + (
+        f" (users: {ident['user_method']})" if ident["user_method"] else ""
+    )
     keys = [k for k in metrics if k.startswith("test/")]
-    lines = [
-        f"recbench: {cfg.dataset.name} / {cfg.model._target_.rsplit('.', 1)[-1]}"
-        f" / {cfg.method._target_.rsplit('.', 1)[-1]} / seed {cfg.seed}"
-        f" ({data.num_users} users, {data.num_items} items, task {data.task})",
-        "  test        " + "  ".join(f"{k.split('/', 1)[1]}={metrics[k]:.4f}" for k in keys),
-    ]
-    pop = [k for k in metrics if k.startswith("popularity/")]
-    if pop:
-        lines.append("  popularity  " + "  ".join(f"{k.split('/', 1)[1]}={metrics[k]:.4f}" for k in pop))
+    baseline = {k: metrics.get("popularity/" + k.split("/", 1)[1]) for k in keys}
+    has_baseline = all(v is not None for v in baseline.values()) and bool(keys)
     bits = int(metrics["size/serving_bits"])
-    lines.append(
+    fraction = 100 * metrics["size/fraction_of_full"]
+    epochs_run, best = int(metrics["fit/epochs_run"]), int(metrics["fit/best_epoch"])
+    head = keys[0] if keys else None
+    if parallel_launcher():
+        result = f"{_metric_label(head)} {metrics[head]:.4f}" if head else "no test metric"
+        if head and has_baseline:
+            result += f" (popularity {baseline[head]:.4f})"
+        print(
+            f"recbench: {name} / seed {cfg.seed}: {result}, {fraction:.1f}% of full, "
+            f"{epochs_run} epochs, {metrics['time/total_seconds']:.1f}s -> {run_dir or ''}",
+            flush=True,
+        )
+        return
+    width = max([10, *(len(_metric_label(k)) + 2 for k in keys)])
+    lines = [
+        f"recbench: {name} / seed {cfg.seed}: {data.num_users:,} users, {data.num_items:,} items, "
+        f"task {data.task}",
+        "  " + " " * 12 + "".join(f"{_metric_label(k):>{width}}" for k in keys),
+        "  " + f"{'model':<12}" + "".join(f"{metrics[k]:>{width}.4f}" for k in keys),
+    ]
+    if has_baseline:
+        lines.append("  " + f"{'popularity':<12}" + "".join(f"{baseline[k]:>{width}.4f}" for k in keys))
+        model_value, pop_value = metrics[head], baseline[head]
+        ratio = f"{model_value / pop_value:.1f}x" if pop_value > 0 else "n/a"
+        verdict = "beats" if model_value > pop_value else "does NOT beat"
+        lines.append(
+            f"  -> the model {verdict} the popularity baseline: {_metric_label(head)} "
+            f"{model_value:.4f} vs {pop_value:.4f} ({ratio})"
+            + ("" if model_value > pop_value else "; train longer or tune train.lr / train.epochs")
+        )
+    stop = (
+        f", stopped early after {epochs_run} (patience {cfg.train.patience})"
+        if epochs_run < cfg.train.epochs else f" of {epochs_run}"
+    )
+    lines += [
         f"  size        {bits:,} serving bits ({bits / 8 / 2**20:.3f} MiB), "
-        f"{100 * metrics['size/fraction_of_full']:.1f}% of the full float32 model at "
-        f"d = {cfg.eval.get('reference_dim', 64)}"
-    )
-    lines.append(
-        f"  time        train {metrics['time/train_seconds']:.1f}s "
-        f"({metrics['time/train_samples_per_second']:,.0f} samples/s), "
-        f"test eval {metrics['time/test_eval_seconds']:.2f}s, best epoch {int(metrics['fit/best_epoch'])}"
-    )
+        f"{fraction:.1f}% of the full float32 model at d = {cfg.eval.get('reference_dim', 64)}",
+        f"  time        {metrics['time/total_seconds']:.1f}s in all: train "
+        f"{metrics['time/train_seconds']:.1f}s ({metrics['time/train_samples_per_second']:,.0f} "
+        f"samples/s), best epoch {best}{stop}; test eval {metrics['time/test_eval_seconds']:.2f}s",
+    ]
+    if run_dir is not None:
+        lines.append(f"  saved       {run_dir}/ (metrics.json, config.yaml, serving/)")
     print("\n".join(lines), flush=True)
 
 

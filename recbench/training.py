@@ -9,11 +9,14 @@ validation metric and restores the best weights before the caller's test evaluat
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from recbench.evaluation import is_improvement
 from recbench.models.base import Recommender
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -343,7 +347,38 @@ def train_step(
     return step_loss.detach()
 
 
-def fit(
+#: A per-batch bar appears once an epoch has run this long (seconds): short epochs keep one line.
+BATCH_BAR_DELAY = 3.0
+
+
+def batch_progress(
+    batches: Iterable[T], total: int, epoch: int, epochs: int, progress: bool
+) -> Iterable[T]:
+    """``batches`` under a per-batch bar (rate, ETA) that shows only when the epoch takes longer
+    than ``BATCH_BAR_DELAY``: an hour-long epoch (SASRec with a full softmax on a large catalogue)
+    shows that it is moving, while a short one stays a single epoch bar."""
+    if not progress:
+        return batches
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+                delay=BATCH_BAR_DELAY, mininterval=1.0)  # fmt: skip
+
+
+@contextmanager
+def progress_console(progress: bool) -> Iterator[None]:
+    """While bars are shown, route console log lines through ``tqdm.write`` so that a log line is
+    printed above the bar instead of being glued onto it (Hydra logs to stdout, tqdm to stderr)."""
+    if not progress:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        yield
+
+
+def _train(
     model: Recommender,
     sampler: PairSampler | RatingSampler,
     *,
@@ -392,7 +427,7 @@ def fit(
         started = time.perf_counter()
         total = torch.zeros((), device=device)
         steps = 0
-        for batch in sampler.epoch(generator):
+        for batch in batch_progress(sampler.epoch(generator), len(sampler), epoch, epochs, progress):
             total += train_step(model, batch, loss_fn, optimizer)
             steps += 1
             samples += batch.num_samples
@@ -410,7 +445,6 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(epoch, row)
-        bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in row.items() if k != "epoch"})
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
 
         if monitor is None or validate is None:
@@ -420,6 +454,7 @@ def fit(
         if is_improvement(value, best_value, monitor):
             best_value, best_epoch, bad_epochs = value, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix_str(f"best {monitor}={value:.4f} at epoch {epoch}")  # the log has the rest
         else:
             bad_epochs += 1
             if patience and bad_epochs >= patience:
@@ -437,3 +472,9 @@ def fit(
         samples=samples,
         history=history,
     )
+
+
+@functools.wraps(_train)
+def fit(*args: Any, **kwargs: Any) -> FitResult:
+    with progress_console(kwargs.get("progress", True)):
+        return _train(*args, **kwargs)

@@ -50,7 +50,8 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 def test_default_run_records_everything(tmp_path: Path) -> None:
     proc = run_cli(TINY, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "hr_at_10=" in proc.stdout and "serving bits" in proc.stdout
+    assert "HR@10" in proc.stdout and "popularity" in proc.stdout and "serving bits" in proc.stdout
+    assert "Creating initial MLflow database tables" not in proc.stdout + proc.stderr  # no library noise
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "FINISHED"
     assert (tmp_path / "run" / "config.yaml").exists()
@@ -88,7 +89,14 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
     [
         (["method=nope"], "unknown method option 'nope'; choose one of:"),
         (["model=nope"], "unknown model option 'nope'"),
-        (["train.epoch=3"], "unknown key 'train.epoch'"),
+        (["train.epoch=3"], "unknown key 'train.epoch'; did you mean train.epochs?"),
+        (["+train.epoch=3"], "unknown key 'train.epoch'; did you mean train.epochs?"),  # not ignored
+        (["sed=1"], "did you mean seed?"),
+        (["method=mgq"], "did you mean method=mgqe?"),
+        (["experiment=keras_full"], "use +experiment=keras_full"),
+        (["user_method=nope"], "unknown user_method option 'nope'"),
+        (["user_method=qr", "user_method.num_buckets=0"], "user_method.num_buckets=0 must be"),
+        (["user_method=qr", "user_method.init_sd=1"], "did you mean user_method.init_std?"),
         (["train.epochs=many"], "train.epochs=many is not a valid integer"),
         (["method.init_sd=0.1"], "unknown key 'method.init_sd'"),
         (["train.loss=mse"], "train.loss=mse does not fit task=ranking"),
@@ -106,6 +114,34 @@ def test_preflight_messages(args: list[str], expected: str) -> None:
 def test_preflight_accepts_good_command_lines() -> None:
     assert preflight(["model=dot_bias", "seed=3", "--cfg", "job"]) is None
     assert preflight(["-m", "seed=0,1", "method=full"]) is None
+    assert preflight(["method=qr", "user_method=qr", "user_method.num_buckets=16"]) is None
+    assert preflight(["+experiment=keras_qr_md"]) is None
+
+
+def test_typo_hints_never_suggest_adding_the_typo() -> None:
+    for args in (["train.epoch=3"], ["method.init_sd=1"], ["eval.kk=3"]):
+        problem = preflight(args)
+        assert problem is not None and "+" not in problem.split(";")[1], problem
+
+
+def test_user_method_is_a_group_whose_default_is_the_method() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from recbench.checks import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        assert compose("config").user_method is None  # same as method
+        cfg = compose("config", overrides=["method=mixed_dim", "user_method=qr"])
+    assert cfg.user_method._target_.endswith("QuotientRemainderEmbedding")
+    assert cfg.method._target_.endswith("MixedDimEmbedding")
+
+
+def test_help_lists_groups_as_typed() -> None:
+    proc = subprocess.run([sys.executable, "-m", "recbench.run", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0
+    assert "user_method=" in proc.stdout and "+experiment=" in proc.stdout
+    assert "\nexperiment:" not in proc.stdout  # Hydra's own list would omit the +
 
 
 def test_bad_option_exits_nonzero_with_one_line(tmp_path: Path) -> None:
@@ -188,6 +224,14 @@ def test_impossible_budget_names_the_smallest(tmp_path: Path) -> None:
     assert "method.budget=0.5 is impossible" in line
 
 
+def test_user_method_errors_name_user_method(tmp_path: Path) -> None:
+    """A solver error raised while building the user table names the key the user typed."""
+    proc = run_cli([*TINY, "method=qr", "user_method=hashing", "user_method.budget=0.001"], tmp_path)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert "user_method.budget=0.001 is impossible" in line and " method.budget" not in line
+
+
 def test_parallel_joblib_sweep_shares_the_store(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     grid = [*TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"]
@@ -198,6 +242,10 @@ def test_parallel_joblib_sweep_shares_the_store(tmp_path: Path) -> None:
     assert {r.info.status for r in runs} == {"FINISHED"}
     dirs = {r.data.tags["run_dir"] for r in runs}
     assert len(dirs) == 2  # each run in its own folder
+    # parallel runs print one summary line each (no multi-line blocks to interleave)
+    summaries = [line for line in proc.stdout.splitlines() if line.startswith("recbench: synthetic")]
+    assert len(summaries) == 2 and all("HR@10" in line and "popularity" in line for line in summaries)
+    assert "  size " not in proc.stdout
 
 
 def test_slurm_example_composes() -> None:

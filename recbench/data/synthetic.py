@@ -14,9 +14,13 @@ Generative process (all draws from one ``numpy`` generator seeded with ``seed``)
    popular items are popular with everyone, and the rest is a low-rank signal that matrix
    factorisation can recover.
 3. **Transitions.** Each item ``i`` gets ``num_successors`` distinct successors (not ``i``), drawn
-   without replacement with probability ∝ popularity × exp(affinity_scale · V_i·V_j / latent_dim), with fixed weights halving by rank
-   (4/7, 2/7, 1/7 for three). This sparse item -> item structure is invisible to a model that only
-   sees *which* items a user consumed, and learnable by one that sees their *order*.
+   without replacement with probability ∝ popularity^successor_popularity ×
+   exp(2 · affinity_scale · cos(V_i, V_j)), with fixed weights halving by rank (4/7, 2/7, 1/7 for
+   three). This sparse item -> item structure is invisible to a model that only sees *which* items
+   a user consumed, and learnable by one that sees their *order*. Cosine (not dot-product)
+   similarity and ``successor_popularity = 0`` keep successors on the taste of the previous item
+   instead of on a few popular "hub" items: with hub successors every sequence step fed the most
+   popular items, and the popularity baseline came within 10 % of a trained GMF.
 4. **Sequences.** User ``u`` has ``n_u = 5 + Poisson(Gamma(2, (events_per_user - 5) / 2))``
    events (mean ``events_per_user``, at least 5, at most ``num_items``). The first item is drawn
    from ``taste_u``; every later item from the mixture
@@ -30,8 +34,10 @@ Generative process (all draws from one ``numpy`` generator seeded with ``seed``)
    between consecutive events are ``1 + floor(Exponential(1 day))`` seconds, so timestamps are
    strictly increasing per user. Events are returned in global time order, like a log file.
 
-Raw ids are ``1..num_users`` and ``1..num_items`` (0 is never used). The defaults (1,000 users, 500
-items, ~30 events per user) generate in a few tens of milliseconds and train a GMF in seconds.
+Raw ids are ``1..num_users`` and ``1..num_items`` (0 is never used). ``conf/dataset/synthetic.yaml``
+(3,000 users, 1,000 items, ~30 events per user: MovieLens-100K's scale, so that training settings
+tuned there carry over) generates in about 2 s of CPU time, and a GMF trained on it
+beats the popularity baseline about fourfold on HR@10.
 """
 
 from __future__ import annotations
@@ -60,17 +66,20 @@ def generate(
     noise: float = 0.5,
     affinity_scale: float = 4.0,
     num_successors: int = 3,
+    successor_popularity: float = 0.0,
     seed: int = 0,
     name: str = "synthetic",
 ) -> Interactions:
     """Generate the log described in the module docstring; identical for identical arguments."""
     _check(num_users, num_items, events_per_user, latent_dim, popularity_exponent,
-           sequential_strength, noise, affinity_scale, num_successors)  # fmt: skip
+           sequential_strength, noise, affinity_scale, num_successors, successor_popularity)  # fmt: skip
     rng = np.random.default_rng(seed)
     log_pop = _popularity(rng, num_items, popularity_exponent)
     user_f = rng.standard_normal((num_users, latent_dim))
     item_f = rng.standard_normal((num_items, latent_dim))
-    successors, weights = _transitions(rng, log_pop, item_f, affinity_scale, num_successors)
+    successors, weights = _transitions(
+        rng, successor_popularity * log_pop, item_f, affinity_scale, num_successors
+    )
     lengths = _lengths(rng, num_users, num_items, events_per_user)
     seq = _sequences(
         rng, user_f, item_f, log_pop, successors, weights, lengths,
@@ -86,7 +95,7 @@ def generate(
         num_users=num_users, num_items=num_items, events_per_user=events_per_user,
         latent_dim=latent_dim, popularity_exponent=popularity_exponent,
         sequential_strength=sequential_strength, noise=noise, affinity_scale=affinity_scale,
-        num_successors=num_successors, seed=seed,
+        num_successors=num_successors, successor_popularity=successor_popularity, seed=seed,
     )  # fmt: skip
     return Interactions(
         user=user[order].astype(np.int64) + 1,
@@ -101,7 +110,7 @@ def generate(
 def _check(
     num_users: int, num_items: int, events_per_user: float, latent_dim: int,
     popularity_exponent: float, sequential_strength: float, noise: float,
-    affinity_scale: float, num_successors: int,
+    affinity_scale: float, num_successors: int, successor_popularity: float = 0.0,
 ) -> None:  # fmt: skip
     """Reject impossible knobs with the fix, before any work."""
     rules = [
@@ -118,6 +127,8 @@ def _check(
         (affinity_scale >= 0, "affinity_scale", affinity_scale, "must be >= 0"),
         (1 <= num_successors < num_items, "num_successors", num_successors,
          f"must be between 1 and num_items - 1 = {num_items - 1}"),
+        (successor_popularity >= 0, "successor_popularity", successor_popularity,
+         "must be >= 0 (0 = successors by similarity only)"),
     ]  # fmt: skip
     for ok, key, value, why in rules:
         if not ok:
@@ -135,18 +146,20 @@ def _transitions(
     k: int, chunk: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``k`` distinct successors per item (never itself) and their weights, drawn with log-weight
-    ``log_pop(j) + affinity_scale * V_i . V_j / latent_dim``: popular and *similar* items follow an
-    item, so sequences stay on a user's taste (matrix factorisation still sees the taste) while the
-    exact next item carries extra, order-only signal.
+    ``log_pop(j) + 2 * affinity_scale * cos(V_i, V_j)`` (``log_pop`` already scaled by
+    ``successor_popularity``): *similar* items follow an item, so sequences stay on a user's taste
+    (matrix factorisation still sees the taste) while the exact next item carries extra,
+    order-only signal.
 
     Gumbel top-k (the k largest of log-weight + Gumbel noise) samples without replacement; rows are
     done in chunks so that large catalogues do not need an items x items matrix at once.
     """
     n = len(log_pop)
+    unit = item_f / np.maximum(np.linalg.norm(item_f, axis=1, keepdims=True), 1e-12)
     successors = np.empty((n, k), dtype=np.int64)
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
-        similar = affinity_scale * (item_f[lo:hi] @ item_f.T) / item_f.shape[1]
+        similar = 2 * affinity_scale * (unit[lo:hi] @ unit.T)
         keys = log_pop[None, :] + similar + rng.gumbel(size=(hi - lo, n))
         keys[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
         top = np.argpartition(-keys, k - 1, axis=1)[:, :k]

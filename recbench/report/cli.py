@@ -186,6 +186,9 @@ def write_plots(report: Report, source: FolderSource | MlflowSource, out: Path,
     for keys, block in agg.groupby([*SECTION_KEYS, "model"], sort=True):
         dataset, protocol, kind, model = map(str, keys)
         title = f"{dataset} / {model} ({kind}, {protocol})"
+        if not (block["n"] > 0).any():  # only RUNNING/FAILED runs: nothing to draw
+            notes.append(f"no plot for {title}: none of its runs finished")
+            continue
         specs = metric_specs(kind, [c.removesuffix(" mean") for c in agg.columns])
         base = slug(dataset, model, protocol if protocol != "full" else "")
         try:

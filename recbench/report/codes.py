@@ -58,11 +58,18 @@ def code_similarity_plots(
     labels: Sequence[str] | None = None,
 ) -> list[Path]:
     """Heatmap + CSV per item layer of each quantised group's first-seed run over the categories
-    ``labels`` (default: the 15 most frequent); problems are notes."""
-    from recbench.report.plots import plot_code_similarity, slug
+    ``labels`` (default: the 15 most frequent); problems are notes. Every matrix is computed
+    first so that all heatmaps share one colour scale (min and max over all of them)."""
+    from recbench.report.plots import (
+        code_similarity_matrix,
+        draw_code_similarity,
+        similarity_labels,
+        slug,
+    )
     from recbench.serving import FOLDER, read_item_codes
 
     paths: list[Path] = []
+    figures: list[tuple[Path, np.ndarray, list[str], list[int], str]] = []
     categories_of: dict[str, Mapping[Any, list[str]] | None] = {}
     for _, run in first_seed_runs(runs).iterrows():
         label = f"{run['dataset']} / {run['model']} / {run['method']} {run.get('setting', '')}".strip()
@@ -80,17 +87,30 @@ def code_similarity_plots(
             if genres is None:
                 continue
             cats = [genres.get(raw, []) for raw in item_raw.tolist()]
+            names = similarity_labels(cats, labels=labels)
+            sizes = [sum(1 for c in cats if name in c) for name in names]
             for layer, matrix_codes in codes.items():
                 base = slug(dataset, str(run["model"]), str(run["method"]), str(run.get("setting", "")), layer)
                 title = f"{label}: {layer} codes shared (seed {run['seed']})"
-                png = out / f"code_similarity__{base}.png"
-                matrix, names = plot_code_similarity(matrix_codes, cats, png, title=title, labels=labels)
+                matrix, names = code_similarity_matrix(matrix_codes, cats, names)
                 csv = out / f"code_similarity__{base}.csv"
+                out.mkdir(parents=True, exist_ok=True)
                 pd.DataFrame(matrix, index=names, columns=names).to_csv(csv)
-                paths += [png, csv]
+                paths.append(csv)
+                figures.append((out / f"code_similarity__{base}.png", matrix, names, sizes, title))
                 notes.append(f"code similarity {label} {layer}: {similarity_summary(matrix)}")
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the tables
             notes.append(f"code-similarity plot for {label} skipped ({type(exc).__name__}: {exc})")
+    finite = [m[np.isfinite(m)] for _, m, _, _, _ in figures]
+    values = np.concatenate(finite) if finite else np.array([])
+    vmin, vmax = (float(values.min()), float(values.max())) if values.size else (None, None)
+    for png, matrix, names, sizes, title in figures:
+        try:
+            paths.append(draw_code_similarity(matrix, names, sizes, png, title, vmin, vmax))
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"code-similarity heatmap {png.name} skipped ({type(exc).__name__}: {exc})")
+    if len(figures) > 1:
+        notes.append(f"code-similarity heatmaps share one colour scale: {vmin:.4f} to {vmax:.4f}")
     return paths
 
 
