@@ -24,6 +24,14 @@ matter for speed). Columns:
 ``--compile`` wraps each step's loss in ``torch.compile`` (``train.compile=true``); the warm-up then
 first trains one untimed epoch so that both batch shapes of an epoch are compiled before timing.
 
+``--interleave`` builds every case of a (scale, model) group first and then times their windows in
+turn (case A window 1, case B window 1, ..., case A window 2, ...), so that compared methods see
+the same machine state: use it for ratios on a shared machine (the summary prints each case's
+samples/s relative to the group's first case). ``--losses`` times each case under several training
+losses (e.g. ``bce,sampled_softmax,ce`` for SASRec; ``--num-sampled`` sets ``train.num_sampled``);
+``--no-epoch`` skips the real-epoch timing (``epoch_s`` is then estimated as batches per epoch x
+the median step time, and ``epoch_rate`` is nan).
+
 Run ``python scripts/bench_throughput.py --help``; results go to the terminal and to CSV under
 ``outputs/bench/``. The default suite finishes in a few minutes on 2 CPU cores.
 """
@@ -72,6 +80,7 @@ class Row:
     scale: str
     model: str
     method: str
+    loss: str
     sparse: bool
     device: str
     batch_size: int
@@ -81,6 +90,8 @@ class Row:
     epoch_rate: float
     eval_s: float
     peak_mib: float
+    step_ms: float = float("nan")
+    relative: float = float("nan")
 
 
 def synthetic(scale: str, seed: int = 0) -> Interactions:
@@ -105,7 +116,9 @@ def synthetic_sized(users: int, items: int, events: int, seed: int = 0, name: st
     )
 
 
-def compose(model: str, method: str, batch_size: int, sparse: bool, device: str) -> object:
+def compose(
+    model: str, method: str, batch_size: int, sparse: bool, device: str, extra: tuple[str, ...] = ()
+) -> object:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -115,6 +128,7 @@ def compose(model: str, method: str, batch_size: int, sparse: bool, device: str)
             overrides=[
                 f"model={model}", f"method={method}", f"train.batch_size={batch_size}",
                 f"train.sparse={str(sparse).lower()}", f"train.device={device}", "tracking=none",
+                *extra,
             ],
         )  # fmt: skip
 
@@ -134,6 +148,7 @@ def sync(device: torch.device) -> None:
 class Case:
     """A model ready to train on real batches, built exactly as ``recbench.run`` builds it."""
 
+    loss: str
     model: torch.nn.Module
     parts: Any
     loss_fn: Any
@@ -150,21 +165,29 @@ def setup_case(
     sparse: bool,
     device_name: str,
     compile_loss: bool = False,
+    loss: str | None = None,
+    num_sampled: int | None = None,
 ) -> Case:
     """Model, task (sampler + evaluator), loss, optimizer and generator for one benchmark case
-    (shared with ``profile_step.py``); SASRec trains with the paper's ``bce`` loss;
+    (shared with ``profile_step.py``); the model's default loss (SASRec: the paper's ``bce``)
+    unless ``loss`` names another (``num_sampled``: ``train.num_sampled`` of the sampled softmax);
     ``compile_loss`` wraps the loss in ``torch.compile`` as ``train.compile=true`` does."""
     from recbench.run import build_model
     from recbench.tasks import build_task
     from recbench.training import resolve_device
 
     device = resolve_device(device_name)
-    cfg = compose(model_name, method, batch_size, sparse, device_name)
-    if model_name == "sasrec":
-        cfg.train.loss = "bce"
+    if loss and "@" in loss:  # e.g. sampled_softmax@1000
+        loss, _, count = loss.partition("@")
+        num_sampled = int(count)
+    extra = [f"train.loss={loss}"] if loss else []
+    if num_sampled:
+        extra.append(f"train.num_sampled={num_sampled}")
+    cfg = compose(model_name, method, batch_size, sparse, device_name, tuple(extra))
     torch.manual_seed(0)
     model = build_model(cfg, data).to(device)
     return Case(
+        loss=str(cfg.train.loss) + (f"@{cfg.train.num_sampled}" if cfg.train.loss == "sampled_softmax" else ""),
         model=model,
         parts=build_task(data, cfg, device),
         loss_fn=loss_function(cfg.train.loss, compile_loss),
@@ -178,7 +201,10 @@ def bench_one(
     data: PreparedData, scale: str, model_name: str, method: str, sparse: bool, args: argparse.Namespace
 ) -> Row:
     batch_size = args.batch_size if model_name != "sasrec" else args.seq_batch_size
-    case = setup_case(data, model_name, method, batch_size, sparse, args.device, getattr(args, "compile", False))
+    case = setup_case(
+        data, model_name, method, batch_size, sparse, args.device, getattr(args, "compile", False),
+        getattr(args, "loss", None), getattr(args, "num_sampled", None),
+    )  # fmt: skip
     model, parts, loss_fn, optimizer = case.model, case.parts, case.loss_fn, case.optimizer
     generator, device = case.generator, case.device
     if device.type == "cuda":
@@ -197,7 +223,7 @@ def bench_one(
     for _ in range(args.warmup):
         train_step(model, next(stream), loss_fn, optimizer)
     sync(device)
-    rates = []
+    rates, windows = [], []
     for _ in range(args.repeats):
         samples = 0
         total = torch.zeros((), device=device)
@@ -207,16 +233,21 @@ def bench_one(
             total += train_step(model, batch, loss_fn, optimizer)
             samples += batch.num_samples
         sync(device)
-        rates.append(samples / (time.perf_counter() - started))
+        windows.append(time.perf_counter() - started)
+        rates.append(samples / windows[-1])
     rate = statistics.median(rates)
     sync(device)
-    started = time.perf_counter()
-    per_epoch_samples = 0
-    for batch in parts.sampler.epoch(generator):  # one real epoch: sampling included
-        total += train_step(model, batch, loss_fn, optimizer)
-        per_epoch_samples += batch.num_samples
-    float(total)
-    epoch_s = time.perf_counter() - started
+    if getattr(args, "no_epoch", False):  # estimated from the step time
+        epoch_s = len(parts.sampler) * statistics.median(windows) / args.steps
+        per_epoch_samples = float("nan")
+    else:
+        started = time.perf_counter()
+        per_epoch_samples = 0
+        for batch in parts.sampler.epoch(generator):  # one real epoch: sampling included
+            total += train_step(model, batch, loss_fn, optimizer)
+            per_epoch_samples += batch.num_samples
+        float(total)
+        epoch_s = time.perf_counter() - started
     eval_times = []
     skip_eval = args.no_eval or (scale == "large" and not args.eval_large)
     if not skip_eval:
@@ -227,19 +258,91 @@ def bench_one(
             sync(device)
             eval_times.append(time.perf_counter() - started)
     row = Row(
-        scale=scale, model=model_name, method=method, sparse=sparse, device=str(device),
+        scale=scale, model=model_name, method=method, loss=case.loss, sparse=sparse, device=str(device),
         batch_size=batch_size, samples_per_s=rate, spread=max(rates) - min(rates),
         epoch_s=epoch_s, epoch_rate=per_epoch_samples / epoch_s, eval_s=statistics.median(eval_times) if eval_times else float("nan"),
-        peak_mib=peak_mib(device),
+        peak_mib=peak_mib(device), step_ms=1e3 * statistics.median(windows) / args.steps,
     )  # fmt: skip
     del model, optimizer
     gc.collect()
     return row
 
 
+def bench_interleaved(
+    data: PreparedData, scale: str, model_name: str, cases: list[tuple[str, str | None, bool]],
+    args: argparse.Namespace,
+) -> list[Row]:
+    """``--interleave``: every (method, loss, sparse) case of one group built first, their timed
+    windows then run in turn, so that compared cases share the machine's state; then each case's
+    epoch (unless ``--no-epoch``) and evaluation."""
+    batch_size = args.batch_size if model_name != "sasrec" else args.seq_batch_size
+    built = []
+    for method, loss, sparse in cases:
+        case = setup_case(data, model_name, method, batch_size, sparse, args.device,
+                          getattr(args, "compile", False), loss, getattr(args, "num_sampled", None))  # fmt: skip
+
+        def batches(case: Case = case):  # noqa: ANN202 - endless stream of real batches
+            while True:
+                yield from case.parts.sampler.epoch(case.generator)
+
+        built.append((method, sparse, case, batches()))
+    flush_denormals()
+    for _, _, case, stream in built:
+        case.model.train()
+        for _ in range(args.warmup):
+            train_step(case.model, next(stream), case.loss_fn, case.optimizer)
+    rates: list[list[float]] = [[] for _ in built]
+    windows: list[list[float]] = [[] for _ in built]
+    for _ in range(args.repeats):
+        for i, (_, _, case, stream) in enumerate(built):
+            batches_ = [next(stream) for _ in range(args.steps)]  # sampling outside the window
+            sync(case.device)
+            started = time.perf_counter()
+            total = torch.zeros((), device=case.device)
+            for batch in batches_:
+                total += train_step(case.model, batch, case.loss_fn, case.optimizer)
+            float(total)
+            sync(case.device)
+            seconds = time.perf_counter() - started
+            windows[i].append(seconds)
+            rates[i].append(sum(b.num_samples for b in batches_) / seconds)
+    rows = []
+    for i, (method, sparse, case, _) in enumerate(built):
+        step_s = statistics.median(windows[i]) / args.steps
+        epoch_s, epoch_rate = len(case.parts.sampler) * step_s, float("nan")
+        if not args.no_epoch:
+            started, samples = time.perf_counter(), 0
+            total = torch.zeros((), device=case.device)
+            for batch in case.parts.sampler.epoch(case.generator):
+                total += train_step(case.model, batch, case.loss_fn, case.optimizer)
+                samples += batch.num_samples
+            float(total)
+            epoch_s = time.perf_counter() - started
+            epoch_rate = samples / epoch_s
+        eval_times = []
+        if not (args.no_eval or (scale == "large" and not args.eval_large)):
+            for _ in range(args.repeats):
+                sync(case.device)
+                started = time.perf_counter()
+                case.parts.evaluator.evaluate(case.model, "test")
+                sync(case.device)
+                eval_times.append(time.perf_counter() - started)
+        rate = statistics.median(rates[i])
+        rows.append(Row(
+            scale=scale, model=model_name, method=method, loss=case.loss, sparse=sparse,
+            device=str(case.device), batch_size=batch_size, samples_per_s=rate,
+            spread=max(rates[i]) - min(rates[i]), epoch_s=epoch_s, epoch_rate=epoch_rate,
+            eval_s=statistics.median(eval_times) if eval_times else float("nan"),
+            peak_mib=peak_mib(case.device), step_ms=1e3 * step_s,
+            relative=rate / statistics.median(rates[0]),
+        ))  # fmt: skip
+    return rows
+
+
 HEAD = (
-    f"{'scale':7} {'model':7} {'method':13} {'sparse':6} {'device':6} {'batch':>6} "
-    f"{'samples/s':>12} {'spread':>10} {'epoch_s':>9} {'epoch_rate':>11} {'eval_s':>8} {'peak_MiB':>9}"
+    f"{'scale':7} {'model':7} {'method':13} {'loss':15} {'sparse':6} {'device':6} {'batch':>6} "
+    f"{'samples/s':>12} {'spread':>10} {'step_ms':>8} {'epoch_s':>9} {'epoch_rate':>11} {'eval_s':>8} "
+    f"{'peak_MiB':>9} {'relative':>8}"
 )
 
 
@@ -249,10 +352,10 @@ def print_table(rows: list[Row], header: bool = True) -> None:
         print("-" * len(HEAD))
     for r in rows:
         print(
-            f"{r.scale:7} {r.model:7} {r.method:13} {str(r.sparse):6} {r.device:6} {r.batch_size:>6} "
-            f"{r.samples_per_s:>12,.0f} {r.spread:>10,.0f} {r.epoch_s:>9.2f} {r.epoch_rate:>11,.0f} "
-            f"{r.eval_s:>8.3f} "
-            f"{r.peak_mib:>9.0f}",
+            f"{r.scale:7} {r.model:7} {r.method:13} {r.loss:15} {str(r.sparse):6} {r.device:6} "
+            f"{r.batch_size:>6} {r.samples_per_s:>12,.0f} {r.spread:>10,.0f} {r.step_ms:>8.2f} "
+            f"{r.epoch_s:>9.2f} {r.epoch_rate:>11,.0f} {r.eval_s:>8.3f} {r.peak_mib:>9.0f} "
+            f"{r.relative:>8.2f}",
             flush=True,
         )
 
@@ -276,6 +379,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.compile each step's loss (train.compile=true); compiling happens in the warm-up")  # fmt: skip
     parser.add_argument("--eval-large", action="store_true",
                         help="also time full ranking at the large scale (100k users x 1M items: minutes on a CPU)")  # fmt: skip
+    parser.add_argument("--interleave", action="store_true",
+                        help="time the cases of each (scale, model) group in alternating windows (for ratios on a shared machine)")  # fmt: skip
+    parser.add_argument("--losses", default=None,
+                        help="comma list of training losses per case (default: each model's own), e.g. "
+                             "bce,sampled_softmax@100,sampled_softmax@1000,ce (@: train.num_sampled)")  # fmt: skip
+    parser.add_argument("--num-sampled", type=int, default=None, help="train.num_sampled for loss sampled_softmax")
+    parser.add_argument("--no-epoch", action="store_true",
+                        help="skip the real epoch; epoch_s is then batches per epoch x the median step time")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "throughput.csv"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -305,14 +416,28 @@ def main(argv: list[str] | None = None) -> int:
         task = "sequential" if model == "sasrec" else "ranking"
         if (scale, task) not in cache:
             cache[(scale, task)] = prepare(synthetic(scale), task, seed=0)
+        losses = args.losses.split(",") if args.losses else [None]
+        if args.interleave:
+            cases = [(m, loss, sp) for m in methods for loss in losses for sp in modes]
+            try:
+                group = bench_interleaved(cache[(scale, task)], scale, model, cases, args)
+            except Exception as exc:  # noqa: BLE001 - one failing group must not hide the rest
+                print(f"{scale} {model}: FAILED {type(exc).__name__}: {exc}")
+                continue
+            first = not rows
+            rows.extend(group)
+            print_table(group, header=first)
+            continue
         for method in methods:
-            for sparse in modes:
-                try:
-                    rows.append(bench_one(cache[(scale, task)], scale, model, method, sparse, args))
-                except Exception as exc:  # noqa: BLE001 - one failing case must not hide the rest
-                    print(f"{scale} {model} {method} sparse={sparse}: FAILED {type(exc).__name__}: {exc}")
-                    continue
-                print_table(rows[-1:], header=len(rows) == 1)
+            for loss in losses:
+                for sparse in modes:
+                    args.loss = loss
+                    try:
+                        rows.append(bench_one(cache[(scale, task)], scale, model, method, sparse, args))
+                    except Exception as exc:  # noqa: BLE001 - one failing case must not hide the rest
+                        print(f"{scale} {model} {method} sparse={sparse}: FAILED {type(exc).__name__}: {exc}")
+                        continue
+                    print_table(rows[-1:], header=len(rows) == 1)
     print("\nsummary")
     print_table(rows)
     out = Path(args.out)
