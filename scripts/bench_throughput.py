@@ -8,6 +8,8 @@ memory bandwidth, not Python. This script times ``recbench.training.train_step``
 * ``ml1m``:   6,040 users x 3,706 items, 1,000,209 events (MovieLens-1M-like)
 * ``amazon``: 31,013 users x 23,715 items, 287,107 events (Amazon-Video-Games-like)
 * ``large``:  100,000 users x 1,000,000 items, 2,000,000 events (large vocabulary)
+* ``huge``:   100,000 users x 10,000,000 items, 2,000,000 events (never evaluated: full ranking of
+  10M items per user is not what this scale is for; it shows which layers *train* at all)
 
 Events are Zipf-popular items for uniform users with increasing timestamps (the content does not
 matter for speed). Columns:
@@ -26,11 +28,14 @@ first trains one untimed epoch so that both batch shapes of an epoch are compile
 
 ``--interleave`` builds every case of a (scale, model) group first and then times their windows in
 turn (case A window 1, case B window 1, ..., case A window 2, ...), so that compared methods see
-the same machine state: use it for ratios on a shared machine (the summary prints each case's
-samples/s relative to the group's first case). ``--losses`` times each case under several training
+the same machine state: use it for ratios on a shared machine (``relative``: the median over
+rounds of each case's samples/s divided by the group's first case's in the same round). ``--losses`` times each case under several training
 losses (e.g. ``bce,sampled_softmax,ce`` for SASRec; ``--num-sampled`` sets ``train.num_sampled``);
 ``--no-epoch`` skips the real-epoch timing (``epoch_s`` is then estimated as batches per epoch x
-the median step time, and ``epoch_rate`` is nan).
+the median step time, and ``epoch_rate`` is nan). ``--isolate`` runs every (scale, model, method,
+sparse) case in its own subprocess, so that ``peak_MiB`` on the CPU (the process's peak resident
+memory, which never decreases) is that case's own peak; a case that fails there (e.g. out of
+memory) is reported as FAILED with its exit status.
 
 Run ``python scripts/bench_throughput.py --help``; results go to the terminal and to CSV under
 ``outputs/bench/``. The default suite finishes in a few minutes on 2 CPU cores.
@@ -63,6 +68,7 @@ SCALES = {
     "ml1m": (6_040, 3_706, 1_000_209),
     "amazon": (31_013, 23_715, 287_107),
     "large": (100_000, 1_000_000, 2_000_000),
+    "huge": (100_000, 10_000_000, 2_000_000),
 }
 ALL_METHODS = ["full", "hashing", "bloom", "qr", "mixed_dim", "low_rank", "scalar_quant", "dpq", "mgqe"]
 DEFAULT_SUITE = [
@@ -249,7 +255,7 @@ def bench_one(
         float(total)
         epoch_s = time.perf_counter() - started
     eval_times = []
-    skip_eval = args.no_eval or (scale == "large" and not args.eval_large)
+    skip_eval = args.no_eval or (scale in ("large", "huge") and not args.eval_large)
     if not skip_eval:
         for _ in range(args.repeats):
             sync(device)
@@ -320,7 +326,7 @@ def bench_interleaved(
             epoch_s = time.perf_counter() - started
             epoch_rate = samples / epoch_s
         eval_times = []
-        if not (args.no_eval or (scale == "large" and not args.eval_large)):
+        if not (args.no_eval or (scale in ("large", "huge") and not args.eval_large)):
             for _ in range(args.repeats):
                 sync(case.device)
                 started = time.perf_counter()
@@ -334,7 +340,9 @@ def bench_interleaved(
             spread=max(rates[i]) - min(rates[i]), epoch_s=epoch_s, epoch_rate=epoch_rate,
             eval_s=statistics.median(eval_times) if eval_times else float("nan"),
             peak_mib=peak_mib(case.device), step_ms=1e3 * step_s,
-            relative=rate / statistics.median(rates[0]),
+            # median over rounds of the rate relative to the first case's in the same round:
+            # robust to the machine's load drifting between rounds
+            relative=statistics.median(r / r0 for r, r0 in zip(rates[i], rates[0])),
         ))  # fmt: skip
     return rows
 
@@ -358,6 +366,64 @@ def print_table(rows: list[Row], header: bool = True) -> None:
             f"{r.relative:>8.2f}",
             flush=True,
         )
+
+
+def suite_of(args: argparse.Namespace) -> list[tuple[str, str, list[str], tuple[bool, ...]]]:
+    """The (scale, model, methods, sparse modes) groups the arguments ask for."""
+    if not any(v is not None for v in (args.scales, args.models, args.methods, args.sparse)):
+        return DEFAULT_SUITE
+    scales = (args.scales or "ml1m").split(",")
+    models = (args.models or "gmf").split(",")
+    methods = ALL_METHODS if args.methods in (None, "all") else args.methods.split(",")
+    modes = {"dense": (False,), "sparse": (True,), "both": (False, True), None: (False,)}[args.sparse]
+    return [(s, m, methods, modes) for s in scales for m in models]
+
+
+def run_isolated(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
+    """``--isolate``: one subprocess per case (same arguments, narrowed to the case), rows collected
+    from the children's CSVs; a child that dies (out of memory) is reported with its status."""
+    import subprocess
+    import tempfile
+
+    base = [a for a in argv if a not in ("--isolate", "--interleave")]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale, model, methods, modes in suite_of(args):
+            for method in methods:
+                for sparse in modes:
+                    out = Path(tmp) / f"{scale}-{model}-{method}-{sparse}.csv"
+                    child = [sys.executable, str(Path(__file__).resolve()), *base, "--scales", scale,
+                             "--models", model, "--methods", method,
+                             "--sparse", "sparse" if sparse else "dense", "--out", str(out)]  # fmt: skip
+                    done = subprocess.run(child, capture_output=True, text=True)
+                    if done.returncode != 0 or not out.is_file():
+                        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+                        print(f"{scale} {model} {method} sparse={sparse}: FAILED (exit {done.returncode}) {tail[0]}")
+                        continue
+                    for record in csv.DictReader(out.open()):
+                        kinds = {f.name: f.type for f in Row.__dataclass_fields__.values()}
+                        values = {
+                            k: (v == "True") if kinds[k] in ("bool", bool) else
+                            int(v) if kinds[k] in ("int", int) else
+                            float(v) if kinds[k] in ("float", float) else v
+                            for k, v in record.items()
+                        }  # fmt: skip
+                        rows.append(Row(**values))
+                        print_table(rows[-1:], header=len(rows) == 1)
+    print("\nsummary")
+    print_table(rows)
+    write_csv(rows, Path(args.out))
+    return 0
+
+
+def write_csv(rows: list[Row], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(list(Row.__dataclass_fields__))
+        for r in rows:
+            writer.writerow([getattr(r, f) for f in Row.__dataclass_fields__])
+    print(f"\nwrote {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,20 +453,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-sampled", type=int, default=None, help="train.num_sampled for loss sampled_softmax")
     parser.add_argument("--no-epoch", action="store_true",
                         help="skip the real epoch; epoch_s is then batches per epoch x the median step time")  # fmt: skip
+    parser.add_argument("--isolate", action="store_true",
+                        help="each case in its own subprocess (per-case peak memory on the CPU)")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "throughput.csv"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.isolate:
+        return run_isolated(parser, args, list(sys.argv[1:] if argv is None else argv))
 
-    custom = any(v is not None for v in (args.scales, args.models, args.methods, args.sparse))
-    if custom:
-        scales = (args.scales or "ml1m").split(",")
-        models = (args.models or "gmf").split(",")
-        methods = ALL_METHODS if args.methods in (None, "all") else args.methods.split(",")
-        modes = {"dense": (False,), "sparse": (True,), "both": (False, True), None: (False,)}[args.sparse]
-        suite = [(s, m, methods, modes) for s in scales for m in models]
-    else:
-        suite = DEFAULT_SUITE
+    suite = suite_of(args)
     for scale, model, methods, _ in suite:
         if scale not in SCALES:
             parser.error(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
@@ -440,14 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                     print_table(rows[-1:], header=len(rows) == 1)
     print("\nsummary")
     print_table(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(list(Row.__dataclass_fields__))
-        for r in rows:
-            writer.writerow([getattr(r, f) for f in Row.__dataclass_fields__])
-    print(f"\nwrote {out}")
+    write_csv(rows, Path(args.out))
     return 0
 
 

@@ -114,3 +114,23 @@ def test_script_runs_variants_and_an_external_adapter(tmp_path: Path, capsys, mo
 def test_time_to_quality_bad_variant_is_a_one_line_error(capsys) -> None:
     assert ttq.main(["--variant", "method=dpq"]) == 2
     assert "--variant='method=dpq' must be NAME=..." in capsys.readouterr().err
+
+
+def test_throughput_interleaved_cases_with_losses(tmp_path: Path, monkeypatch) -> None:
+    """``--interleave`` with ``--losses``: one row per (method, loss), the first case's relative
+    speed is 1, and the sampled softmax's shared candidates count as scored samples."""
+    import bench_throughput
+
+    monkeypatch.setitem(bench_throughput.SCALES, "tiny", (50, 40, 900))
+    out = tmp_path / "t.csv"
+    argv = ["--scales", "tiny", "--models", "gmf", "--methods", "full,hashing", "--losses", "bce,sampled_softmax@5",
+            "--interleave", "--no-eval", "--no-epoch", "--steps", "2", "--repeats", "2", "--warmup", "1",
+            "--batch-size", "64", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert bench_throughput.main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["method"], r["loss"]) for r in rows] == [
+        ("full", "bce"), ("full", "sampled_softmax@5"), ("hashing", "bce"), ("hashing", "sampled_softmax@5"),
+    ]
+    assert float(rows[0]["relative"]) == 1.0
+    assert all(float(r["samples_per_s"]) > 0 and float(r["step_ms"]) > 0 for r in rows)
+    assert all(r["epoch_rate"] == "nan" and float(r["epoch_s"]) > 0 for r in rows)  # estimated
