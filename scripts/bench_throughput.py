@@ -98,6 +98,9 @@ class Row:
     peak_mib: float
     step_ms: float = float("nan")
     relative: float = float("nan")
+    #: CPU: growth of the process's current resident memory from before the model was built to
+    #: after the timed steps (model, gradients, optimizer state, sampler); nan on CUDA.
+    rss_growth_mib: float = float("nan")
 
 
 def synthetic(scale: str, seed: int = 0) -> Interactions:
@@ -143,6 +146,15 @@ def peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    """The process's resident memory now (Linux ``/proc/self/statm``), in MiB; nan elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return pages * resource.getpagesize() / 2**20
 
 
 def sync(device: torch.device) -> None:
@@ -207,6 +219,8 @@ def bench_one(
     data: PreparedData, scale: str, model_name: str, method: str, sparse: bool, args: argparse.Namespace
 ) -> Row:
     batch_size = args.batch_size if model_name != "sasrec" else args.seq_batch_size
+    gc.collect()
+    rss_before = current_rss_mib()
     case = setup_case(
         data, model_name, method, batch_size, sparse, args.device, getattr(args, "compile", False),
         getattr(args, "loss", None), getattr(args, "num_sampled", None),
@@ -243,6 +257,7 @@ def bench_one(
         rates.append(samples / windows[-1])
     rate = statistics.median(rates)
     sync(device)
+    rss_growth = current_rss_mib() - rss_before if device.type == "cpu" else float("nan")
     if getattr(args, "no_epoch", False):  # estimated from the step time
         epoch_s = len(parts.sampler) * statistics.median(windows) / args.steps
         per_epoch_samples = float("nan")
@@ -268,6 +283,7 @@ def bench_one(
         batch_size=batch_size, samples_per_s=rate, spread=max(rates) - min(rates),
         epoch_s=epoch_s, epoch_rate=per_epoch_samples / epoch_s, eval_s=statistics.median(eval_times) if eval_times else float("nan"),
         peak_mib=peak_mib(device), step_ms=1e3 * statistics.median(windows) / args.steps,
+        rss_growth_mib=rss_growth,
     )  # fmt: skip
     del model, optimizer
     gc.collect()
@@ -350,7 +366,7 @@ def bench_interleaved(
 HEAD = (
     f"{'scale':7} {'model':7} {'method':13} {'loss':15} {'sparse':6} {'device':6} {'batch':>6} "
     f"{'samples/s':>12} {'spread':>10} {'step_ms':>8} {'epoch_s':>9} {'epoch_rate':>11} {'eval_s':>8} "
-    f"{'peak_MiB':>9} {'relative':>8}"
+    f"{'peak_MiB':>9} {'relative':>8} {'rss+MiB':>8}"
 )
 
 
@@ -363,7 +379,7 @@ def print_table(rows: list[Row], header: bool = True) -> None:
             f"{r.scale:7} {r.model:7} {r.method:13} {r.loss:15} {str(r.sparse):6} {r.device:6} "
             f"{r.batch_size:>6} {r.samples_per_s:>12,.0f} {r.spread:>10,.0f} {r.step_ms:>8.2f} "
             f"{r.epoch_s:>9.2f} {r.epoch_rate:>11,.0f} {r.eval_s:>8.3f} {r.peak_mib:>9.0f} "
-            f"{r.relative:>8.2f}",
+            f"{r.relative:>8.2f} {r.rss_growth_mib:>8.0f}",
             flush=True,
         )
 
