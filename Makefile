@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint format mlflow-ui bench bench-crossover reproduce-small clean
+.PHONY: help install run test test-slow lint format mlflow-ui bench bench-crossover bench-ttq reproduce-small clean
 
 help: ## list the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench: $(STAMP) ## training/evaluation throughput table (scripts/bench_throughpu
 
 bench-crossover: $(STAMP) ## dense vs sparse embedding updates across vocabulary sizes (scripts/bench_sparse_crossover.py)
 	$(PY) scripts/bench_sparse_crossover.py $(ARGS)
+
+bench-ttq: $(STAMP) ## wall time to reach 95 % of a reference validation NDCG@10 (scripts/bench_time_to_quality.py; ARGS="--help")
+	$(PY) scripts/bench_time_to_quality.py $(ARGS)
 
 clean: ## remove caches and everything under outputs/ (keeps .venv)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

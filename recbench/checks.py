@@ -276,6 +276,10 @@ def check_run_config(cfg: DictConfig) -> None:
     model_cls = get_object(cfg.model._target_)
     model_cls.check_task(cfg.task)
     check_loss(cfg.task, cfg.train.loss)
+    if cfg.train.loss == "sampled_softmax":
+        from recbench.sampled_softmax import check_options
+
+        check_options(cfg.train.num_sampled, cfg.train.sampled_distribution)
     dim = int(cfg.model.get("embedding_dim", 64))
     check_method(cfg.method, "method", dim)
     if cfg.get("user_method") is not None:

@@ -69,6 +69,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss: str = "bce"
     num_negatives: int = 4
+    num_sampled: int = 1000
+    sampled_distribution: str = "uniform"
     patience: int = 0
     monitor: str | None = None
     device: str = "auto"

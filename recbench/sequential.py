@@ -30,6 +30,7 @@ from torch import Tensor
 
 from recbench.data.prepared import PreparedData
 from recbench.errors import ConfigError, DataError
+from recbench.sampled_softmax import SharedNegatives
 from recbench.training import Batch, NegativeSampler
 
 
@@ -129,6 +130,7 @@ class SequenceSampler:
         batch_size: int,
         device: torch.device,
         trim: bool = True,
+        shared: SharedNegatives | None = None,
     ) -> None:
         check_max_len(max_len)
         if num_negatives < 0:
@@ -143,6 +145,8 @@ class SequenceSampler:
         self.batch_size = int(batch_size)
         self.k = int(num_negatives)
         self.trim = trim
+        #: ``train.loss=sampled_softmax``: candidates shared by all positions of a batch.
+        self.shared = shared
         self.users = torch.from_numpy(users).to(device)
         self.inputs = torch.from_numpy(inputs).to(device)
         self.positives = torch.from_numpy(positives).to(device)
@@ -182,12 +186,16 @@ class SequenceSampler:
         longest = padded.max(1).values.tolist()
         counts = padded.sum(1).tolist()
         width = self.positives.shape[1]
-        for start, longest_b, count in zip(starts, longest, counts):
+        drawn = self.shared.draw(len(starts), generator) if self.shared is not None else None
+        per_position = items.shape[-1] + (0 if drawn is None else drawn.shape[1])
+        for step, (start, longest_b, count) in enumerate(zip(starts, longest, counts)):
             stop = start + self.batch_size
             first = width - max(int(longest_b), 1) if self.trim else 0
             yield SequenceBatch(
                 context=context[start:stop, first:],
                 items=items[start:stop, first:],
                 mask=mask[start:stop, first:],
-                samples=int(count) * items.shape[-1],
+                candidates=None if drawn is None else drawn[step],
+                log_q=None if self.shared is None else self.shared.log_q,
+                samples=int(count) * per_position,
             )

@@ -19,6 +19,7 @@ from recbench.data.prepared import PreparedData
 from recbench.errors import ConfigError
 from recbench.evaluation import RankingEvaluator, RatingEvaluator
 from recbench.sampled import DEFAULT_DIRECTORY, SampledEvaluator
+from recbench.sampled_softmax import SharedNegatives
 from recbench.sequential import SequenceContext, SequenceSampler
 from recbench.training import PairSampler, RatingSampler
 
@@ -79,10 +80,28 @@ def ranking_evaluator(
     raise ConfigError(f"eval.protocol={protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
 
 
+def shared_negatives(
+    data: PreparedData, cfg: DictConfig, device: torch.device
+) -> SharedNegatives | None:
+    """The shared candidates of ``train.loss=sampled_softmax`` (``train.num_sampled`` per batch from
+    ``train.sampled_distribution``); None for every other loss."""
+    if cfg.train.loss != "sampled_softmax":
+        return None
+    return SharedNegatives(
+        data.num_items,
+        cfg.train.get("num_sampled", 1000),
+        cfg.train.get("sampled_distribution", "uniform"),
+        data.item_counts,
+        device,
+    )
+
+
 def _ranking(data: PreparedData, cfg: DictConfig, device: torch.device) -> TaskParts:
     evaluator, tags = ranking_evaluator(data, cfg, device)
+    shared = shared_negatives(data, cfg, device)
+    num_negatives = 0 if shared is not None else cfg.train.num_negatives
     return TaskParts(
-        sampler=PairSampler(data, cfg.train.num_negatives, cfg.train.batch_size, device),
+        sampler=PairSampler(data, num_negatives, cfg.train.batch_size, device, shared),
         evaluator=evaluator,
         monitor=cfg.train.monitor or f"ndcg_at_{cfg.eval.k}",
         has_validation=True,
@@ -92,8 +111,10 @@ def _ranking(data: PreparedData, cfg: DictConfig, device: torch.device) -> TaskP
 
 def _sequential(data: PreparedData, cfg: DictConfig, device: torch.device) -> TaskParts:
     max_len = int(cfg.model.get("max_len", 50))
-    num_negatives = 0 if cfg.train.loss == "ce" else cfg.train.num_negatives
-    if cfg.train.loss != "ce" and num_negatives < 1:
+    shared = shared_negatives(data, cfg, device)
+    full_softmax = cfg.train.loss == "ce" or shared is not None
+    num_negatives = 0 if full_softmax else cfg.train.num_negatives
+    if not full_softmax and num_negatives < 1:
         raise ConfigError(
             f"train.num_negatives={num_negatives} must be >= 1 for train.loss={cfg.train.loss} "
             "(SASRec uses 1), or use train.loss=ce"
@@ -108,6 +129,7 @@ def _sequential(data: PreparedData, cfg: DictConfig, device: torch.device) -> Ta
             num_negatives=num_negatives,
             batch_size=cfg.train.batch_size,
             device=device,
+            shared=shared,
         ),
         evaluator=evaluator,
         monitor=cfg.train.monitor or f"ndcg_at_{cfg.eval.k}",

@@ -27,6 +27,7 @@ from recbench.data.prepared import PreparedData
 from recbench.errors import ConfigError, DataError
 from recbench.evaluation import is_improvement
 from recbench.models.base import Recommender
+from recbench.sampled_softmax import SharedNegatives, sampled_softmax_loss
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,18 +48,23 @@ def resolve_device(name: str) -> torch.device:
 class Batch:
     """One training step's input. ``items[..., 0]`` is the positive, ``items[..., 1:]`` negatives
     (ranking/sequential); for rating batches ``items`` are the rated items and ``target`` ratings.
-    ``mask`` marks the positions that count (sequential padding), or None."""
+    ``mask`` marks the positions that count (sequential padding), or None. ``candidates``: the
+    ``(S,)`` negatives shared by every position (``train.loss=sampled_softmax``) and ``log_q`` the
+    log sampling probability of every id, or None."""
 
     context: Tensor
     items: Tensor
     target: Tensor | None = None
     mask: Tensor | None = None
+    candidates: Tensor | None = None
+    log_q: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
         """Scored (context, item) pairs in this batch, positives and negatives alike."""
-        n = self.items.numel() if self.mask is None else int(self.mask.sum()) * self.items.shape[-1]
-        return n
+        per = self.items.shape[-1] + (0 if self.candidates is None else self.candidates.numel())
+        n = self.items.numel() // max(self.items.shape[-1], 1) if self.mask is None else int(self.mask.sum())
+        return n * per
 
 
 class NegativeSampler:
@@ -126,9 +132,17 @@ class PairSampler:
     """Ranking task: each training (user, item) event is one example with ``num_negatives``
     sampled negatives; an epoch visits every event once in a fresh random order."""
 
-    def __init__(self, data: PreparedData, num_negatives: int, batch_size: int, device: torch.device) -> None:
-        if num_negatives < 1:
+    def __init__(
+        self,
+        data: PreparedData,
+        num_negatives: int,
+        batch_size: int,
+        device: torch.device,
+        shared: SharedNegatives | None = None,
+    ) -> None:
+        if num_negatives < 1 and shared is None:
             raise ConfigError("train.num_negatives must be >= 1 for ranking losses (NCF uses 4)")
+        self.shared = shared
         self.users = torch.from_numpy(data.train.user).to(device)
         self.items = torch.from_numpy(data.train.item).to(device)
         self.k = num_negatives
@@ -142,10 +156,20 @@ class PairSampler:
     def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
         perm = torch.randperm(len(self.users), device=self.device, generator=generator)
         users, pos = self.users[perm], self.items[perm]
-        items = torch.cat([pos.unsqueeze(1), self.negatives.sample(users, self.k, generator)], 1)
-        for start in range(0, len(users), self.batch_size):
+        if self.shared is not None:  # sampled softmax: negatives shared per batch, none per pair
+            items = pos.unsqueeze(1)
+            drawn = self.shared.draw(len(self), generator)
+        else:
+            items = torch.cat([pos.unsqueeze(1), self.negatives.sample(users, self.k, generator)], 1)
+        for step, start in enumerate(range(0, len(users), self.batch_size)):
             stop = start + self.batch_size
-            yield Batch(context=users[start:stop], items=items[start:stop])
+            if self.shared is not None:
+                yield Batch(
+                    context=users[start:stop], items=items[start:stop],
+                    candidates=drawn[step], log_q=self.shared.log_q,
+                )  # fmt: skip
+            else:
+                yield Batch(context=users[start:stop], items=items[start:stop])
 
 
 class RatingSampler:
@@ -216,10 +240,15 @@ LOSSES: dict[str, Callable[[Recommender, Batch], Tensor]] = {
     "bpr": bpr_loss,
     "mse": mse_loss,
     "ce": ce_loss,
+    "sampled_softmax": sampled_softmax_loss,  # recbench.sampled_softmax
 }
 
 #: Which losses make sense for which task (checked before training starts).
-TASK_LOSSES = {"rating": ("mse",), "ranking": ("bce", "bpr", "ce"), "sequential": ("bce", "bpr", "ce")}
+TASK_LOSSES = {
+    "rating": ("mse",),
+    "ranking": ("bce", "bpr", "ce", "sampled_softmax"),
+    "sequential": ("bce", "bpr", "ce", "sampled_softmax"),
+}
 
 
 def check_loss(task: str, loss: str) -> None:

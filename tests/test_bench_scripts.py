@@ -47,3 +47,90 @@ def test_bad_items_list_is_a_one_line_usage_error(capsys) -> None:
         crossover_script.main(["--items", "3706,lots"])
     assert stop.value.code == 2
     assert "--items='3706,lots' must be a comma list of integers" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bench_time_to_quality.py
+import bench_time_to_quality as ttq  # noqa: E402
+
+
+def test_time_to_target_counts_training_and_validation_until_the_first_hit() -> None:
+    history = [ttq.Epoch(1, 2.0, 0.5, 0.10), ttq.Epoch(2, 2.0, 0.5, 0.30), ttq.Epoch(3, 2.0, 0.5, 0.25)]
+    assert ttq.time_to_target(history, 0.30) == (5.0, 2)
+    assert ttq.time_to_target(history, 0.05) == (2.5, 1)
+    assert ttq.time_to_target(history, 0.31) == (None, None)
+    (row,) = ttq.summarise([ttq.Variant("a", None, history=history)], 0.2)
+    assert (row.time_to_target_s, row.best, row.best_epoch, row.epochs_run) == (5.0, 0.30, 2, 3)
+    assert row.epoch_s == 2.0 and row.total_s == 7.5
+
+
+def test_round_robin_interleaves_and_stops_each_variant_on_its_own() -> None:
+    order: list[str] = []
+
+    def trainer(name: str, values: list[float], seconds: float = 1.0):
+        def step(epoch: int) -> ttq.Epoch:
+            order.append(name)
+            return ttq.Epoch(epoch, seconds, 0.0, values[epoch - 1])
+
+        return ttq.Variant(name, step)
+
+    early = trainer("early", [0.3, 0.2, 0.1, 0.1, 0.1])  # best at 1: patience 2 stops it after 3
+    slow = trainer("slow", [0.1, 0.2, 0.3, 0.4, 0.5], seconds=2.5)  # budget 5 s: two epochs
+    steady = trainer("steady", [0.1, 0.2, 0.3, 0.4, 0.5], seconds=0.5)
+    ttq.run_round_robin([early, slow, steady], max_epochs=5, patience=2, time_budget=5.0)
+    assert order[:3] == ["early", "slow", "steady"]  # one epoch each in turn
+    assert [len(v.history) for v in (early, slow, steady)] == [3, 2, 5]
+    assert early.stopped == "early stop at epoch 3" and slow.stopped.startswith("time budget")
+    assert steady.stopped == "max epochs (5)"
+
+
+def test_script_runs_variants_and_an_external_adapter(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A tiny synthetic case end to end: two recbench variants, an external adapter that receives
+    the same split, and one whose library is missing (reported, not fatal)."""
+    (tmp_path / "fake_lib.py").write_text(
+        "def train(data, k, seed):\n"
+        "    assert data.num_items == 40 and k == 10\n"
+        "    for value in (0.01, 0.5, 0.6):\n"
+        "        yield 0.25, 0.05, value\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "ttq.csv"
+    argv = ["--common", "dataset=synthetic dataset.loader.num_users=60 dataset.loader.num_items=40 "
+            "dataset.loader.events_per_user=8 model=gmf train.batch_size=512 eval.serving_artifact=false",
+            "--variant", "full=method=full", "--variant", "hashing=method=hashing",
+            "--external", "lib=fake_lib:train", "--external", "missing=not_a_module_xyz:train",
+            "--max-epochs", "3", "--patience", "0", "--reference", "0.5", "--out", str(out)]  # fmt: skip
+    assert ttq.main(argv) == 0
+    rows = {r["name"]: r for r in csv.DictReader(out.open())}
+    assert set(rows) == {"full", "hashing", "lib", "missing"}
+    assert float(rows["full"]["target"]) == pytest.approx(0.475)
+    assert rows["lib"]["time_to_target_s"] == "0.6" and rows["lib"]["epochs_to_target"] == "2"
+    assert rows["missing"]["epochs_run"] == "0" and "not installed" in rows["missing"]["note"]
+    assert int(rows["full"]["epochs_run"]) == 3
+    history = list(csv.DictReader(out.with_suffix(".history.csv").open()))
+    assert len(history) == 3 + 3 + 3
+    assert "target: 0.95 x 0.5000 = 0.4750" in capsys.readouterr().out
+
+
+def test_time_to_quality_bad_variant_is_a_one_line_error(capsys) -> None:
+    assert ttq.main(["--variant", "method=dpq"]) == 2
+    assert "--variant='method=dpq' must be NAME=..." in capsys.readouterr().err
+
+
+def test_throughput_interleaved_cases_with_losses(tmp_path: Path, monkeypatch) -> None:
+    """``--interleave`` with ``--losses``: one row per (method, loss), the first case's relative
+    speed is 1, and the sampled softmax's shared candidates count as scored samples."""
+    import bench_throughput
+
+    monkeypatch.setitem(bench_throughput.SCALES, "tiny", (50, 40, 900))
+    out = tmp_path / "t.csv"
+    argv = ["--scales", "tiny", "--models", "gmf", "--methods", "full,hashing", "--losses", "bce,sampled_softmax@5",
+            "--interleave", "--no-eval", "--no-epoch", "--steps", "2", "--repeats", "2", "--warmup", "1",
+            "--batch-size", "64", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert bench_throughput.main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["method"], r["loss"]) for r in rows] == [
+        ("full", "bce"), ("full", "sampled_softmax@5"), ("hashing", "bce"), ("hashing", "sampled_softmax@5"),
+    ]
+    assert float(rows[0]["relative"]) == 1.0
+    assert all(float(r["samples_per_s"]) > 0 and float(r["step_ms"]) > 0 for r in rows)
+    assert all(r["epoch_rate"] == "nan" and float(r["epoch_s"]) > 0 for r in rows)  # estimated

@@ -42,8 +42,8 @@ from recbench.embeddings.dpq import (
     divisors_descending,
     gather_centroids,
     nearest_codes,
+    straight_through_vq,
     version_key,
-    vq_aux_sum,
 )
 from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.errors import ConfigError
@@ -178,6 +178,8 @@ class MGQEmbedding(CompressedEmbedding):
         )
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: tuple[list[Tensor], Tensor] | None = None
+        #: Training: (version key, per tier the codes of its ids) from the last whole-table decode.
+        self._train_codes: tuple[Any, list[Tensor]] | None = None
 
     # ------------------------------------------------------------------ knobs
     @classmethod
@@ -280,11 +282,24 @@ class MGQEmbedding(CompressedEmbedding):
         if not self.training:
             return self._served()[1][ids]
         flat = ids.reshape(-1)
-        unique, inverse, counts = distinct_ids(flat)  # sorted, so each tier is one slice
+        # sorted, so each tier is one slice
+        unique, inverse, counts = distinct_ids(flat, self.num_embeddings)
         if unique.numel() and (int(unique[0]) < 0 or int(unique[-1]) > self.num_ids):
             raise IndexError(
                 f"ids out of range for MGQEmbedding with {self.num_embeddings} ids (0..{self.num_ids})"
             )
+        key = version_key(self.query.weight, *self.centroids)
+        known = None
+        if key is not None and self._train_codes is not None and self._train_codes[0] == key:
+            known = self._train_codes[1]  # the table was decoded in this step already
+        out = self._train_lookup(unique, counts, known)
+        return F.embedding(inverse, out).reshape(*ids.shape, self.embedding_dim)
+
+    def _train_lookup(
+        self, unique: Tensor, counts: Tensor, known: list[Tensor] | None = None
+    ) -> Tensor:
+        """Straight-through vectors ``(len(unique), d)`` of sorted distinct ids looked up ``counts``
+        times, adding their aux loss; ``known``: per tier the codes of all its ids (else searched)."""
         bounds = torch.searchsorted(unique, self.tier_bounds_tensor).tolist()
         parts = [self.query.weight.new_zeros(bounds[0], self.embedding_dim)]  # the padding id
         aux = self.query.weight.new_zeros(())
@@ -292,21 +307,38 @@ class MGQEmbedding(CompressedEmbedding):
             if bounds[tier + 1] == bounds[tier]:
                 continue
             piece = slice(bounds[tier], bounds[tier + 1])
-            queries = self.query(unique[piece])
-            _, chosen = self._tier_lookup(tier, queries)
-            grouped = queries.view_as(chosen)
-            parts.append((grouped + (chosen - grouped).detach()).reshape(-1, self.embedding_dim))
-            aux = aux + vq_aux_sum(grouped, chosen, self.beta, counts[piece])
+            centroids = self.tier_centroids(tier)
+            queries = self.query(unique[piece]).view(-1, centroids.shape[0], centroids.shape[2])
+            if known is None:
+                codes = nearest_codes(queries, centroids)
+            else:
+                codes = known[tier][unique[piece] - self.tier_starts[tier]]
+            chosen = gather_centroids(centroids, codes)
+            out, tier_aux = straight_through_vq(queries, chosen, self.beta, counts[piece])
+            parts.append(out.reshape(-1, self.embedding_dim))
+            aux = aux + tier_aux
         rows = counts[bounds[0] :].sum().clamp(min=1)
         self._add_aux(self.aux_weight * aux / (rows * self.embedding_dim))
-        out = F.embedding(inverse, torch.cat(parts))
-        return out.reshape(*ids.shape, self.embedding_dim)
+        return torch.cat(parts)
 
     def full_table(self) -> Tensor:
-        """Eval: the served table. Training: a straight-through lookup of every id (with its aux)."""
+        """Eval: the served table. Training: a straight-through lookup of every id (with its aux).
+
+        In training the codes of every id are kept until a parameter changes, so lookups later in
+        the same step (a softmax loss needs the whole table and the batch's ids) reuse them instead
+        of searching again."""
         if not self.training:
             return self._served()[1]
-        return super().full_table()
+        key = version_key(self.query.weight, *self.centroids)
+        if key is None or self._train_codes is None or self._train_codes[0] != key:
+            with torch.no_grad():
+                codes = [
+                    self._tier_lookup(tier, self.query.weight[start:end].detach())[0]
+                    for tier, (start, end) in enumerate(zip(self.tier_starts, self.tier_ends))
+                ]
+            self._train_codes = (key, codes)
+        ids = torch.arange(self.num_embeddings, device=self.query.weight.device)
+        return self._train_lookup(ids, torch.ones_like(ids), self._train_codes[1])
 
     def serving_bits(self) -> int:
         return mgqe_serving_bits(

@@ -69,6 +69,18 @@ class Recommender(nn.Module):
         non-sequential models this is ``score_all``."""
         return self.score_all(context)
 
+    def sampled_logits(
+        self, context: Tensor, positives: Tensor, candidates: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Logits of the ``positives`` (shaped like the training positions: ``(B,)`` or ``(B, L)``)
+        and ``(*positives.shape, S)`` logits of the ``(S,)`` candidates shared by every position
+        (``train.loss=sampled_softmax``). Default: ``score`` of the candidates repeated for every
+        position; backbones whose score is a dot product override it with one matrix product."""
+        shape = (*positives.shape, candidates.shape[0])
+        items = torch.cat([positives.unsqueeze(-1), candidates.expand(shape)], -1)
+        scores = self.score(context, items)
+        return scores[..., 0], scores[..., 1:]
+
     def aux_loss(self) -> Tensor:
         """Sum of the embedding layers' auxiliary losses (DPQ/MGQE commitment terms)."""
         layers = embedding_layers(self).values()

@@ -7,6 +7,7 @@ default) or, as in the MGQE paper's item-to-item task, on ratings with a squared
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from recbench.embeddings.base import EmbeddingFactory
@@ -45,6 +46,15 @@ class GMF(Recommender):
         item = self.item_embedding(items)  # (B, ..., d)
         user = user.reshape(user.shape[:1] + (1,) * (items.dim() - 1) + user.shape[1:])
         return self.output(user * item).squeeze(-1)
+
+    def sampled_logits(
+        self, context: Tensor, positives: Tensor, candidates: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(B,)`` positive and ``(B, S)`` shared-candidate logits: one matrix product."""
+        weighted = self.user_embedding(context) * self.output.weight.squeeze(0)
+        items = self.item_embedding(torch.cat([positives, candidates]))  # one lookup
+        positive = (weighted * items[: len(positives)]).sum(-1) + self.output.bias
+        return positive, weighted @ items[len(positives) :].T + self.output.bias
 
     def score_all(self, context: Tensor) -> Tensor:
         weighted = self.user_embedding(context) * self.output.weight.squeeze(0)

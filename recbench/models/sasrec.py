@@ -212,6 +212,21 @@ class SASRec(Recommender):
         """``(B, num_items + 1)`` next-item scores after the last position."""
         return self.encode(context)[:, -1, :] @ self.item_embedding.full_table().T
 
+    def sampled_logits(
+        self, context: Tensor, positives: Tensor, candidates: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Per-position logits of the positives ``(B, L)`` and of the shared candidates
+        ``(B, L, S)``: one ``(B L) x S`` matrix product with the candidates' embeddings."""
+        hidden = self.encode(context)
+        positives = positives[:, -hidden.shape[1] :]
+        items = self.item_embedding(torch.cat([positives.reshape(-1), candidates]))  # one lookup
+        positive = (hidden * items[: positives.numel()].view_as(hidden)).sum(-1)
+        return positive, hidden @ items[positives.numel() :].T
+
     def full_logits(self, context: Tensor) -> Tensor:
-        """``(B, L, num_items + 1)`` scores of every item after every position (softmax loss)."""
-        return self.encode(context) @ self.item_embedding.full_table().T
+        """``(B, L, num_items + 1)`` scores of every item after every position (softmax loss).
+
+        The table is decoded before the sequence is encoded so that a compressed item layer (DPQ,
+        MGQE) searches its codes once per step and the input lookups reuse them."""
+        table = self.item_embedding.full_table()
+        return self.encode(context) @ table.T

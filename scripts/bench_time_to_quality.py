@@ -1,0 +1,325 @@
+#!/usr/bin/env python
+"""Time to quality: the wall time until a model of a given validation NDCG@10 exists.
+
+Why: a fast step does not help a user whose defaults need many epochs, and a cheap epoch does not
+help if it learns less. This script trains several *variants* (recbench configurations, or an
+external library's model through ``--external``) side by side in one process, in round-robin
+epochs (variant A epoch 1, variant B epoch 1, A epoch 2, ...) so that they share the machine's
+state, each with early stopping on the validation metric. Per variant it records after every epoch
+the training seconds, the validation seconds and the validation NDCG@K, and reports:
+
+* ``time_to_target_s``: wall seconds (training + validation, the time a user waits) until the
+  first epoch whose validation NDCG@K reaches the target; the target is ``--fraction`` (default
+  0.95) of ``--reference`` (a number) or, by default, of the best validation NDCG@K the
+  ``--reference-variant`` (default: the first variant) reaches in this run;
+* ``best``: the best validation NDCG@K, its epoch and the epochs run; ``epoch_s``: the mean
+  training seconds of an epoch.
+
+Examples::
+
+    python scripts/bench_time_to_quality.py --common "dataset=ml-100k model=gmf" \\
+        --variant "full=method=full" --variant "dpq=method=dpq" --max-epochs 30
+    python scripts/bench_time_to_quality.py --common "dataset=amazon-games model=sasrec" \\
+        --variant "bce=train.loss=bce" --variant "ce=train.loss=ce" \\
+        --variant "ss1000=train.loss=sampled_softmax train.num_sampled=1000" \\
+        --reference-variant ce --max-epochs 5
+
+External libraries (not dependencies): ``--external NAME=module:function`` adds a variant trained
+by ``function(data, k=..., seed=...)``, which receives recbench's ``PreparedData`` (the identical
+split) and must return an iterator that trains one epoch per ``next()`` and yields
+``(train_seconds, valid_seconds, valid_ndcg_at_k)``. When the module cannot be imported the
+variant is reported as not measured (the run goes on). Results: a table on the terminal and CSVs
+(``--out``: the summary; ``<out>.history.csv``: every epoch of every variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import math
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recbench.errors import ConfigError  # noqa: E402
+
+
+@dataclass
+class Epoch:
+    """One epoch of one variant."""
+
+    epoch: int
+    train_s: float
+    valid_s: float
+    value: float
+
+
+@dataclass
+class Variant:
+    """A named trainer: ``step()`` trains one epoch and validates, returning an ``Epoch``."""
+
+    name: str
+    step: Callable[[int], Epoch] | None
+    note: str = ""
+    history: list[Epoch] = field(default_factory=list)
+    stopped: str = ""
+
+
+@dataclass
+class Summary:
+    name: str
+    target: float
+    time_to_target_s: float | None
+    epochs_to_target: int | None
+    best: float
+    best_epoch: int
+    epochs_run: int
+    epoch_s: float
+    total_s: float
+    note: str = ""
+
+
+def time_to_target(history: list[Epoch], target: float) -> tuple[float | None, int | None]:
+    """Cumulative wall seconds (training + validation) and epochs until the first epoch whose
+    validation value reaches ``target``; (None, None) if none does."""
+    elapsed = 0.0
+    for row in history:
+        elapsed += row.train_s + row.valid_s
+        if row.value >= target:
+            return elapsed, row.epoch
+    return None, None
+
+
+def summarise(variants: list[Variant], target: float) -> list[Summary]:
+    rows = []
+    for v in variants:
+        seconds, epochs = time_to_target(v.history, target)
+        best = max(v.history, key=lambda e: e.value, default=None)
+        rows.append(
+            Summary(
+                name=v.name, target=target, time_to_target_s=seconds, epochs_to_target=epochs,
+                best=best.value if best else math.nan, best_epoch=best.epoch if best else 0,
+                epochs_run=len(v.history),
+                epoch_s=sum(e.train_s for e in v.history) / len(v.history) if v.history else math.nan,
+                total_s=sum(e.train_s + e.valid_s for e in v.history),
+                note="; ".join(x for x in (v.note, v.stopped) if x),
+            )
+        )  # fmt: skip
+    return rows
+
+
+def run_round_robin(
+    variants: list[Variant], max_epochs: int, patience: int, time_budget: float | None
+) -> None:
+    """Train the variants one epoch each in turn until each stops (``patience`` epochs without a
+    better validation value, ``max_epochs``, or ``time_budget`` seconds of its own wall time)."""
+    for epoch in range(1, max_epochs + 1):
+        active = [v for v in variants if v.step is not None and not v.stopped]
+        if not active:
+            return
+        for v in active:
+            row = v.step(epoch)
+            v.history.append(row)
+            print(f"  {v.name:16} epoch {epoch:3d}  train {row.train_s:7.2f}s  valid {row.valid_s:6.2f}s  "
+                  f"ndcg {row.value:.4f}", flush=True)  # fmt: skip
+            best = max(v.history, key=lambda e: e.value)
+            if patience and epoch - best.epoch >= patience:
+                v.stopped = f"early stop at epoch {epoch}"
+            elif time_budget is not None and sum(e.train_s + e.valid_s for e in v.history) >= time_budget:
+                v.stopped = f"time budget after epoch {epoch}"
+    for v in variants:
+        if v.step is not None and not v.stopped:
+            v.stopped = f"max epochs ({max_epochs})"
+
+
+# ------------------------------------------------------------------------------- recbench variants
+def compose_config(overrides: list[str]) -> Any:
+    """The run's configuration as ``python -m recbench.run`` composes it (tracking off)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    import recbench.config  # noqa: F401 - registers the structured schema
+
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose("config", overrides=[*overrides, "tracking=none", "train.progress=false"])
+    except (HydraException, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"overrides {' '.join(overrides)!r}: {first}") from None
+
+
+def recbench_variant(name: str, overrides: list[str], data_cache: dict[str, Any]) -> Variant:
+    """A variant trained by recbench's own loop (``train_step`` with the run's optimizer, loss and
+    sampler, exactly as ``fit`` does), validated by the run's evaluator."""
+    from recbench.checks import check_run_config
+    from recbench.run import build_model, load_data, seed_everything
+    from recbench.tasks import build_task
+    from recbench.training import (
+        flush_denormals,
+        loss_function,
+        make_optimizer,
+        resolve_device,
+        train_step,
+    )  # fmt: skip
+
+    cfg = compose_config(overrides)
+    check_run_config(cfg)
+    key = repr(sorted((str(k), str(v)) for k, v in cfg.dataset.items())) + str(cfg.task) + str(cfg.seed)
+    if key not in data_cache:
+        seed_everything(cfg.seed)
+        data_cache[key] = load_data(cfg)
+    data = data_cache[key]
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data).to(device)
+    parts = build_task(data, cfg, device)
+    loss_fn = loss_function(cfg.train.loss, cfg.train.compile)
+    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.sparse)
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    monitor = parts.monitor
+    flush_denormals()
+
+    def step(epoch: int) -> Epoch:
+        model.train()
+        started = time.perf_counter()
+        total = torch.zeros((), device=device)
+        for batch in parts.sampler.epoch(generator):
+            total += train_step(model, batch, loss_fn, optimizer)
+        float(total)  # wait for the device
+        train_s = time.perf_counter() - started
+        started = time.perf_counter()
+        value = parts.evaluator.evaluate(model, "valid")[monitor]
+        return Epoch(epoch, train_s, time.perf_counter() - started, float(value))
+
+    return Variant(name, step, note=f"batch {cfg.train.batch_size}, loss {cfg.train.loss}")
+
+
+def external_variant(name: str, spec: str, data: Any, k: int, seed: int) -> Variant:
+    """A variant trained by an external library's adapter ``module:function`` (see the module
+    docstring); not measured (with the reason) when the module cannot be imported."""
+    module_name, _, function_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return Variant(name, None, note=f"not measured: {module_name} is not installed ({exc.name})")
+    function = getattr(module, function_name or "train_epochs")
+    epochs: Iterator[tuple[float, float, float]] = iter(function(data, k=k, seed=seed))
+
+    def step(epoch: int) -> Epoch:
+        train_s, valid_s, value = next(epochs)
+        return Epoch(epoch, float(train_s), float(valid_s), float(value))
+
+    return Variant(name, step, note=f"external {spec}")
+
+
+def parse_named(values: list[str], what: str) -> list[tuple[str, str]]:
+    """``NAME=rest`` pairs; a variant's rest is Hydra overrides, an external's ``module:function``."""
+    out = []
+    example = "--variant 'dpq=method=dpq train.lr=0.002'" if what == "--variant" else "--external 'lib=my_adapter:train'"
+    for value in values:
+        name, sep, rest = value.partition("=")
+        malformed = (rest and "=" not in rest) if what == "--variant" else ":" not in rest
+        if not sep or not name or "." in name or " " in name or malformed:
+            raise ConfigError(f"{what}={value!r} must be NAME=..., e.g. {example}")
+        out.append((name, rest))
+    return out
+
+
+def print_table(rows: list[Summary]) -> None:
+    head = (f"{'variant':16} {'target':>7} {'to target (s)':>13} {'epochs':>6} {'best':>7} "
+            f"{'at ep':>5} {'ran':>4} {'epoch_s':>8} {'total_s':>8}  note")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        reached = f"{r.time_to_target_s:13.1f}" if r.time_to_target_s is not None else f"{'not reached':>13}"
+        epochs = f"{r.epochs_to_target:6d}" if r.epochs_to_target is not None else f"{'-':>6}"
+        print(f"{r.name:16} {r.target:7.4f} {reached} {epochs} {r.best:7.4f} {r.best_epoch:5d} "
+              f"{r.epochs_run:4d} {r.epoch_s:8.2f} {r.total_s:8.1f}  {r.note}", flush=True)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--common", default="dataset=ml-100k model=gmf",
+                        help="Hydra overrides shared by every variant (quoted, space-separated)")  # fmt: skip
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME=OVERRIDES, repeatable (default: full=method=full)")  # fmt: skip
+    parser.add_argument("--external", action="append", default=[],
+                        help="NAME=module:function, an external library's adapter (see above)")  # fmt: skip
+    parser.add_argument("--reference", type=float, default=None, help="reference validation NDCG@K")
+    parser.add_argument("--reference-variant", default=None,
+                        help="variant whose best validation NDCG@K is the reference (default: the first)")  # fmt: skip
+    parser.add_argument("--fraction", type=float, default=0.95, help="target = fraction x reference")
+    parser.add_argument("--max-epochs", type=int, default=50)
+    parser.add_argument("--patience", type=int, default=5, help="early stopping (0 = off)")
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds per variant")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "time_to_quality.csv"))
+    args = parser.parse_args(argv)
+    try:
+        if not 0 < args.fraction <= 1:
+            raise ConfigError(f"--fraction={args.fraction} must be in (0, 1], e.g. 0.95")
+        if args.max_epochs < 1:
+            raise ConfigError(f"--max-epochs={args.max_epochs} must be >= 1")
+        variants_spec = parse_named(args.variant or ["full=method=full"], "--variant")
+        externals = parse_named(args.external, "--external")
+        names = [n for n, _ in variants_spec + externals]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"variant names must be distinct: {names}")
+        reference_name = args.reference_variant or names[0]
+        if args.reference is None and reference_name not in names:
+            raise ConfigError(f"--reference-variant={reference_name} is not one of {names}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        common = shlex.split(args.common)
+        cache: dict[str, Any] = {}
+        variants = [recbench_variant(n, common + shlex.split(o), cache) for n, o in variants_spec]
+    except ConfigError as exc:
+        print(f"recbench: error: {exc}", file=sys.stderr)
+        return 2
+    if externals:
+        data = next(iter(cache.values()))
+        cfg = compose_config(common)
+        variants += [external_variant(n, s, data, int(cfg.eval.k), int(cfg.seed)) for n, s in externals]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.common}; "
+          f"variants {', '.join(names)}", flush=True)  # fmt: skip
+    run_round_robin(variants, args.max_epochs, args.patience, args.time_budget)
+    if args.reference is not None:
+        reference = args.reference
+    else:
+        ref = next(v for v in variants if v.name == reference_name)
+        reference = max((e.value for e in ref.history), default=math.nan)
+    target = args.fraction * reference
+    rows = summarise(variants, target)
+    print(f"\ntarget: {args.fraction:g} x {reference:.4f} = {target:.4f} validation NDCG "
+          f"(reference: {args.reference if args.reference is not None else reference_name})")  # fmt: skip
+    print_table(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(list(Summary.__dataclass_fields__))
+        for r in rows:
+            writer.writerow([getattr(r, f) for f in Summary.__dataclass_fields__])
+    with out.with_suffix(".history.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "epoch", "train_s", "valid_s", "value"])
+        for v in variants:
+            for e in v.history:
+                writer.writerow([v.name, e.epoch, e.train_s, e.valid_s, e.value])
+    print(f"\nwrote {out} and {out.with_suffix('.history.csv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

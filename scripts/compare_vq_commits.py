@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""DPQ and MGQE training steps of the working tree against an earlier commit, in one process.
+
+Why: on a shared machine, timings taken minutes apart differ by more than the change being
+measured. This script builds GMF at a ``bench_throughput.py`` scale with full, DPQ and MGQE
+embeddings twice, switches the second copy's DPQ/MGQE layers to the classes of ``--before`` (read
+with ``git show``; the parameters are the same, so the copies start identical), and times the cases
+in alternating windows of ``--steps`` steps. Reported per case: the median step time and the
+median over rounds of its step time divided by the full model's in the same round.
+
+    python scripts/compare_vq_commits.py --before edf1090 --batch-size 4096 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_throughput as bench  # noqa: E402
+
+from recbench.data.prepared import prepare  # noqa: E402
+from recbench.embeddings.base import embedding_layers  # noqa: E402
+from recbench.training import flush_denormals, train_step  # noqa: E402
+
+
+def load_old(commit: str, folder: Path) -> tuple[type, type]:
+    """``DPQEmbedding`` and ``MGQEmbedding`` of ``commit``; the old MGQE uses the old DPQ helpers."""
+    modules = {}
+    for name in ("dpq", "mgqe"):
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{commit}:recbench/embeddings/{name}.py"],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        path = folder / f"old_{name}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(f"old_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        modules[name] = module
+    for helper in ("nearest_codes", "gather_centroids", "vq_aux_sum", "distinct_ids", "version_key"):
+        if hasattr(modules["dpq"], helper):
+            setattr(modules["mgqe"], helper, getattr(modules["dpq"], helper))
+    return modules["dpq"].DPQEmbedding, modules["mgqe"].MGQEmbedding
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", default="edf1090", help="commit of the earlier implementation")
+    parser.add_argument("--scale", default="ml1m", choices=sorted(bench.SCALES))
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    data = prepare(bench.synthetic(args.scale), "ranking", seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        old_dpq, old_mgqe = load_old(args.before, Path(tmp))
+        cases = {}
+        for label, method, old in (("full", "full", None), ("dpq before", "dpq", old_dpq),
+                                   ("dpq after", "dpq", None), ("mgqe before", "mgqe", old_mgqe),
+                                   ("mgqe after", "mgqe", None)):  # fmt: skip
+            case = bench.setup_case(data, "gmf", method, args.batch_size, False, "cpu")
+            if old is not None:
+                for layer in embedding_layers(case.model).values():
+                    layer.__class__ = old
+            cases[label] = case
+        flush_denormals()
+        streams = {}
+        for label, case in cases.items():
+            def gen(case=case):  # noqa: ANN202 - endless stream of real batches
+                while True:
+                    yield from case.parts.sampler.epoch(case.generator)
+
+            streams[label] = gen()
+            case.model.train()
+            for _ in range(args.warmup):
+                train_step(case.model, next(streams[label]), case.loss_fn, case.optimizer)
+        times: dict[str, list[float]] = {label: [] for label in cases}
+        for _ in range(args.rounds):
+            for label, case in cases.items():
+                batches = [next(streams[label]) for _ in range(args.steps)]
+                started = time.perf_counter()
+                for batch in batches:
+                    train_step(case.model, batch, case.loss_fn, case.optimizer)
+                times[label].append((time.perf_counter() - started) / args.steps)
+    print(f"GMF, {args.scale}, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; before = {args.before}")  # fmt: skip
+    print(f"{'case':12} {'ms/step':>9} {'x full':>7}")
+    for label, values in times.items():
+        ratio = statistics.median(v / f for v, f in zip(values, times["full"]))
+        print(f"{label:12} {1e3 * statistics.median(values):9.2f} {ratio:7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
