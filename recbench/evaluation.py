@@ -1,4 +1,4 @@
-"""Metrics and evaluators (the protocol of docs/DESIGN.md).
+"""Metrics and evaluators (the protocol of docs/design.md).
 
 Ranking: every item is scored (full ranking); the user's training items are excluded from the
 candidates (and, at test time, the validation item); the positive is always a candidate. With ``s``

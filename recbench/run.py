@@ -10,31 +10,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import sys
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import recbench.config  # noqa: F401 - registers the schema with Hydra
 from recbench import callbacks, provenance
-from recbench.checks import check_data_fit, check_run_config, preflight, rename_method_keys
-from recbench.data.prepared import PreparedData, prepare
-from recbench.embeddings.base import BudgetedFactory, EmbeddingFactory, embedding_layers
-from recbench.errors import ConfigError, RecbenchError
+from recbench.assembly import build, build_model, load_data, seed_everything
+from recbench.checks import check_data_fit, check_run_config, preflight
+from recbench.data.prepared import PreparedData
+from recbench.embeddings.base import embedding_layers
+from recbench.errors import RecbenchError
 from recbench.interrupts import Interrupted, as_interrupted, signals_deferred, signals_raise
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size, reference_bits
@@ -63,89 +58,6 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     for name in ("mlflow", "alembic", "sqlalchemy", "urllib3", "git"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, but a RecbenchError raised inside the target surfaces as itself
-    (Hydra wraps it in an InstantiationException whose message is several lines long)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, RecbenchError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
-
-
-def load_data(cfg: DictConfig) -> PreparedData:
-    """Load the dataset named by the config and prepare it for the run's task and seed."""
-    inter = build(cfg.dataset.loader)
-    ds = cfg.dataset
-    return prepare(
-        inter,
-        cfg.task,
-        seed=cfg.seed,
-        rating_split=tuple(ds.rating_split),
-        rating_range=None if ds.rating_range is None else tuple(ds.rating_range),
-        min_user_count=ds.min_user_count,
-        min_item_count=ds.min_item_count,
-        duplicates=ds.get("duplicates", "keep"),
-        tie_break=ds.get("tie_break", "file"),
-    )
-
-
-def method_factory(node: DictConfig, where: str = "method") -> EmbeddingFactory:
-    """The embedding factory a method node describes; with ``budget`` set, its size knob is solved
-    per layer (``CompressedEmbedding.solve_budget``) instead of read from the YAML. ``where`` is
-    the node's key: errors of the user table's method name ``user_method.<knob>``."""
-    knobs = OmegaConf.to_container(node, resolve=True)
-    budget = knobs.pop("budget", None)
-    with renamed_errors(where):
-        factory = build(knobs)
-        factory = factory if budget is None else BudgetedFactory(factory, float(budget))
-    return factory if where == "method" else _RenamedFactory(factory, where)
-
-
-@contextmanager
-def renamed_errors(where: str) -> Iterator[None]:
-    """Re-raise a ConfigError with its ``method.<knob>`` keys named ``<where>.<knob>``."""
-    try:
-        yield
-    except ConfigError as exc:
-        if where == "method":
-            raise
-        raise ConfigError(rename_method_keys(str(exc), where)) from None
-
-
-class _RenamedFactory:
-    """A method factory whose errors (budget solver, knob checks at build time) name ``where``."""
-
-    def __init__(self, factory: EmbeddingFactory, where: str) -> None:
-        self.factory, self.where = factory, where
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with renamed_errors(self.where):
-            return self.factory(*args, **kwargs)
-
-
-def build_model(cfg: DictConfig, data: PreparedData) -> Recommender:
-    """The backbone with its embedding layers built by the method factories."""
-    item_factory = method_factory(cfg.method)
-    user_factory = None
-    if cfg.get("user_method") is not None:
-        user_factory = method_factory(cfg.user_method, "user_method")
-    model_factory = build(cfg.model)
-    return model_factory(
-        DataInfo.from_prepared(data), item_embedding=item_factory, user_embedding=user_factory
-    )
 
 
 def run_identity(cfg: DictConfig) -> dict[str, str]:

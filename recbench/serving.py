@@ -408,7 +408,7 @@ def export_run(run_dir: str | Path) -> ServingReport:
     """Re-export a recorded run from its folder (``config.yaml`` + ``model.pt``)."""
     from omegaconf import OmegaConf
 
-    from recbench.run import build_model, load_data
+    from recbench.assembly import build_model, load_data
     from recbench.tasks import build_task
 
     run_dir = Path(run_dir)

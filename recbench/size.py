@@ -1,4 +1,4 @@
-"""Serving-size accounting for a whole model (docs/DESIGN.md, "Serving size").
+"""Serving-size accounting for a whole model (docs/design.md, "Serving size").
 
 Serving bits = sum over embedding layers of ``serving_bits()`` + 32 bits per other parameter
 (biases, MLPs, attention, ...). Training-only tensors live inside the embedding layers (e.g. DPQ's

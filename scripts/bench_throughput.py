@@ -201,7 +201,7 @@ def setup_case(
     (shared with ``profile_step.py``); the model's default loss (SASRec: the paper's ``bce``)
     unless ``loss`` names another (``num_sampled``: ``train.num_sampled`` of the sampled softmax);
     ``compile_loss`` wraps the loss in ``torch.compile`` as ``train.compile=true`` does."""
-    from recbench.run import build_model
+    from recbench.assembly import build_model
     from recbench.tasks import build_task
     from recbench.training import resolve_device
 

@@ -162,8 +162,8 @@ def compose_config(overrides: list[str]) -> Any:
 def recbench_variant(name: str, overrides: list[str], data_cache: dict[str, Any]) -> Variant:
     """A variant trained by recbench's own loop (``train_step`` with the run's optimizer, loss and
     sampler, exactly as ``fit`` does), validated by the run's evaluator."""
+    from recbench.assembly import build_model, load_data, seed_everything
     from recbench.checks import check_run_config
-    from recbench.run import build_model, load_data, seed_everything
     from recbench.tasks import build_task
     from recbench.training import (
         flush_denormals,

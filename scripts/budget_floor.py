@@ -4,7 +4,7 @@ Why: an equal-memory sweep (``method=... method.budget=0.5,0.25,0.1,0.05``) is o
 if every method fits every budget. Methods with a fixed part (DPQ/MGQE store K x d float32
 centroids, scalar quantisation stores b-bit codes) cannot go below a floor that depends on the
 vocabulary, so a budget that fits ML-1M can be impossible on ML-100K. This script builds the
-model of each method at each asked budget exactly as a run would (``recbench.run.build_model``:
+model of each method at each asked budget exactly as a run would (``recbench.assembly.build_model``:
 the same solvers, on the prepared data of the dataset) and prints OK or the reason, and the
 smallest budget each method reaches (bisection to 3 significant digits).
 
@@ -25,9 +25,9 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 import recbench.config  # noqa: E402,F401 - registers the schema
+from recbench.assembly import build_model, load_data  # noqa: E402
 from recbench.checks import options  # noqa: E402
 from recbench.errors import ConfigError  # noqa: E402
-from recbench.run import build_model, load_data  # noqa: E402
 
 
 def feasible(overrides: list[str], method: str, budget: float, data) -> str | None:  # noqa: ANN001

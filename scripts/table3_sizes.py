@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recbench.assembly import method_factory  # noqa: E402
 from recbench.models.base import DataInfo  # noqa: E402
 from recbench.models.gmf import GMF  # noqa: E402
-from recbench.run import method_factory  # noqa: E402
 from recbench.size import model_size  # noqa: E402
 
 PAPER = {"full": 100.0, "low_rank_r48": 75.5, "scalar_quant": 25.0, "dpq": 30.4, "mgqe": 20.7}

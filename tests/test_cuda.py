@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from recbench.run import build_model, load_data
+from recbench.assembly import build_model, load_data
 from recbench.tasks import build_task
 from recbench.training import LOSSES, fit, make_optimizer, train_step
 from tests.conftest import CONF, assert_grads_close, disable_dropout, method_names

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from recbench.run import build_model, load_data
+from recbench.assembly import build_model, load_data
 from recbench.size import model_size
 from recbench.tasks import build_task
 from recbench.training import fit

@@ -7,9 +7,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from recbench.assembly import build_model
 from recbench.checks import preflight
 from recbench.models.base import DataInfo
-from recbench.run import build_model
 from recbench.size import model_size
 from tests.conftest import CONF, method_names, model_names
 

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from recbench import serving
-from recbench.run import build_model, load_data
+from recbench.assembly import build_model, load_data
 from recbench.tasks import build_task
 from recbench.training import fit
 from tests.conftest import CONF, method_names

@@ -9,12 +9,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from recbench.assembly import build
 from recbench.embeddings.full import FullEmbedding
 from recbench.errors import ConfigError
 from recbench.models.gmf import GMF
 from recbench.models.neumf import NeuMF
 from recbench.models.sasrec import SASRec
-from recbench.run import build
 from recbench.size import model_size, reference_bits
 from tests.conftest import CONF
 from tests.models.helpers import tiny_info

@@ -12,7 +12,7 @@ Id conventions (shared by every method):
   contiguous id ranges.
 * ``forward(0)`` is the zero vector; padding never shares storage with a real id and is never stored:
   ``serving_bits()`` is computed over the ``n = num_embeddings - 1`` real ids, which is the ``n`` of the
-  serving-size formulas in docs/DESIGN.md.
+  serving-size formulas in docs/design.md.
 """
 
 from __future__ import annotations

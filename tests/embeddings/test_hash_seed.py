@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from recbench.run import method_factory
+from recbench.assembly import method_factory
 from tests.conftest import CONF
 
 

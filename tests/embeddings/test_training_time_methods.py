@@ -10,8 +10,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from recbench.assembly import build_model, load_data
 from recbench.embeddings.base import embedding_layers
-from recbench.run import build_model, load_data
 from recbench.tasks import build_task
 from recbench.training import fit
 from tests.conftest import CONF

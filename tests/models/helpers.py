@@ -32,7 +32,7 @@ def build_with_method(
     model_cfg = OmegaConf.load(CONF / "model" / f"{model}.yaml").model
     for key, value in model_knobs.items():
         model_cfg[key] = value
-    from recbench.run import method_factory
+    from recbench.assembly import method_factory
     from tests.conftest import method_node
 
     factory = method_factory(method_node(method))

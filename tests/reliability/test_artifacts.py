@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from recbench import serving
+from recbench.assembly import build_model, load_data
 from recbench.errors import DataError
-from recbench.run import build_model, load_data
 from recbench.tasks import build_task
 from tests.conftest import CONF, ROOT
 
