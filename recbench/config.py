@@ -60,6 +60,7 @@ class EvalConfig:
     num_sampled: int = 100
     negatives_dir: str | None = None
     serving_artifact: bool = True
+    test: bool = True  # false while tuning: the test split is never evaluated nor recorded
 
 
 @dataclass
@@ -86,6 +87,7 @@ class RecbenchConfig:
     task: str = MISSING
     seed: int = 0
     preset: str | None = None
+    stage: str = "run"  # "tune" for tuning trials (conf/tune/); reports leave those out
     force: bool = False
 
 

@@ -35,6 +35,7 @@ from recbench.size import model_size
 from recbench.tasks import build_task
 from recbench.tracking import config_hash, flatten, make_tracker
 from recbench.training import fit, resolve_device
+from recbench.tuning import is_optuna_sweep, objective
 
 log = logging.getLogger("recbench")
 
@@ -109,6 +110,7 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
         "seed": str(cfg.seed),
         "loss": str(cfg.train.loss),
         "preset": str(cfg.get("preset") or ""),
+        "stage": str(cfg.get("stage") or "run"),
         "budget": "" if cfg.method.get("budget") is None else str(cfg.method.budget),
         "config_hash": config_hash(resolved),
     }
@@ -201,18 +203,23 @@ def _train_and_evaluate(
         compile=cfg.train.compile,
     )
 
-    eval_started = time.perf_counter()
-    test = parts.evaluator.evaluate(model, "test")
-    eval_seconds = time.perf_counter() - eval_started
-    metrics: dict[str, Any] = {f"test/{k}": v for k, v in test.items()}
+    # eval.test=false (tuning): the test split is neither evaluated nor recorded, nor is anything
+    # that reads it (popularity on test, the serving artifact's reference scores).
+    with_test = cfg.eval.get("test", True)
+    metrics: dict[str, Any] = {}
+    if with_test:
+        eval_started = time.perf_counter()
+        test = parts.evaluator.evaluate(model, "test")
+        metrics["time/test_eval_seconds"] = time.perf_counter() - eval_started
+        metrics.update({f"test/{k}": v for k, v in test.items()})
     if parts.has_validation:
         metrics.update({f"val/{k}": v for k, v in parts.evaluator.evaluate(model, "valid").items()})
-    if data.task != "rating" and cfg.eval.popularity_baseline:
+    if with_test and data.task != "rating" and cfg.eval.popularity_baseline:
         popular = parts.evaluator.popularity(data.item_counts, "test")
         metrics.update({f"popularity/{k}": v for k, v in popular.items()})
     metrics.update(size.as_metrics())
     torch.save(model.state_dict(), run_dir / "model.pt")
-    if cfg.eval.serving_artifact:
+    if with_test and cfg.eval.serving_artifact:
         metrics.update(_export_serving(cfg, model, data, parts, run_dir, tracker))
     metrics.update(
         {
@@ -221,7 +228,6 @@ def _train_and_evaluate(
             "time/data_seconds": data_seconds,
             "time/train_seconds": result.train_seconds,
             "time/train_samples_per_second": result.samples_per_second,
-            "time/test_eval_seconds": eval_seconds,
             "time/total_seconds": time.perf_counter() - started,
         }
     )
@@ -269,12 +275,13 @@ def _export_serving(
 
 
 def _print_summary(cfg: DictConfig, data: PreparedData, metrics: dict[str, Any]) -> None:
-    keys = [k for k in metrics if k.startswith("test/")]
+    keys = [k for k in metrics if k.startswith("test/")] or [k for k in metrics if k.startswith("val/")]
     lines = [
         f"recbench: {cfg.dataset.name} / {cfg.model._target_.rsplit('.', 1)[-1]}"
         f" / {cfg.method._target_.rsplit('.', 1)[-1]} / seed {cfg.seed}"
         f" ({data.num_users} users, {data.num_items} items, task {data.task})",
-        "  test        " + "  ".join(f"{k.split('/', 1)[1]}={metrics[k]:.4f}" for k in keys),
+        f"  {keys[0].split('/')[0] if keys else 'test':<12}"
+        + "  ".join(f"{k.split('/', 1)[1]}={metrics[k]:.4f}" for k in keys),
     ]
     pop = [k for k in metrics if k.startswith("popularity/")]
     if pop:
@@ -287,7 +294,8 @@ def _print_summary(cfg: DictConfig, data: PreparedData, metrics: dict[str, Any])
     lines.append(
         f"  time        train {metrics['time/train_seconds']:.1f}s "
         f"({metrics['time/train_samples_per_second']:,.0f} samples/s), "
-        f"test eval {metrics['time/test_eval_seconds']:.2f}s, best epoch {int(metrics['fit/best_epoch'])}"
+        + (f"test eval {metrics['time/test_eval_seconds']:.2f}s, " if "time/test_eval_seconds" in metrics else "")
+        + f"best epoch {int(metrics['fit/best_epoch'])}"
     )
     print("\n".join(lines), flush=True)
 
@@ -298,14 +306,16 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any] | None:
+def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     """Hydra entry point. User errors print one line and exit non-zero; in a sweep a failed run is
     recorded (FAILED in MLflow, metrics.json with the error) and the sweep goes on."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        return execute(cfg, run_dir)
+        metrics = execute(cfg, run_dir)
+        # Hydra's Optuna sweeper needs one float: the run's (best-epoch) validation metric.
+        return objective(cfg, metrics) if multirun and is_optuna_sweep(hydra_cfg) else metrics
     except RecbenchError as exc:
         print(f"recbench: error: {exc}", file=sys.stderr, flush=True)
         if not multirun:
