@@ -206,18 +206,23 @@ def write_tuned(
     ``<out_dir>/<name>.trials.csv``; returns both paths."""
     sweep_dir = Path(sweep_dir)
     results_path = sweep_dir / "optimization_results.yaml"
-    if not results_path.is_file():
+    if not sweep_dir.is_dir() or not any((p / ".hydra").is_dir() for p in sweep_dir.iterdir()):
         raise ConfigError(
-            f"{sweep_dir} holds no finished Optuna sweep (no optimization_results.yaml); pass the "
-            "sweep folder of `python -m recbench.run -m +tune=default ...` after it ended"
+            f"{sweep_dir} holds no tuning trials (no optimization_results.yaml, no trial folders); "
+            "pass the sweep folder of `python -m recbench.run -m +tune=default ...`"
         )
-    results = _load_yaml(results_path)
-    best_params: dict[str, Any] = dict(results.get("best_params") or {})
     config = config if config is not None else sweep_config(sweep_dir)
+    # A study stopped early (Ctrl-C) has no optimization_results.yaml: its trials still count (a
+    # seeded TPE study's first N trials do not depend on n_trials) and the best is taken from them.
+    results = _load_yaml(results_path) or {}
+    best_params: dict[str, Any] = dict(results.get("best_params") or {})
+    searched = list(best_params) or [
+        str(k) for k in (OmegaConf.select(config, "hydra.sweeper.params") or {})
+    ]
     task, monitor = str(config.task), config.train.get("monitor")
     metric = monitored_metric(task, monitor, int(config.eval.k))
     name = name or tuned_name(config)
-    rows = trial_rows(sweep_dir, list(best_params), metric)
+    rows = trial_rows(sweep_dir, searched, metric)
 
     def matches(row: dict[str, Any]) -> bool:
         return all(str(row.get(k)) == str(v) for k, v in best_params.items())
@@ -226,12 +231,14 @@ def write_tuned(
     if not finished:
         raise ConfigError(f"no trial of {sweep_dir} finished; see the trials' folders for the errors")
     sign = 1.0 if lower_is_better(metric) else -1.0
-    best = next((r for r in finished if matches(r)), None) or min(
+    best = next((r for r in finished if best_params and matches(r)), None) or min(
         finished, key=lambda r: sign * float(r["objective"])
     )
     resolved = _load_yaml(Path(best["run_dir"]) / "config.yaml") or _load_yaml(
         Path(best["run_dir"]) / ".hydra" / "config.yaml"
     )
+    if not best_params:  # stopped study: the best finished trial's values, typed as resolved
+        best_params = {k: OmegaConf.select(OmegaConf.create(resolved), k) for k in searched}
     values = dict(best_params)
     for key in ("train.epochs", "train.patience"):
         values[key] = OmegaConf.select(OmegaConf.create(resolved), key)
@@ -249,7 +256,9 @@ def write_tuned(
         "# @package _global_",
         f"# Tuned training settings for {name} (written by recbench.tuning from {sweep_dir}).",
         f"#   tuned by: python -m recbench.run -m {' '.join(overrides)}",
-        f"#   study: {len(rows)} trials, {str(sampler.get('_target_', '?')).rsplit('.', 1)[-1]} "
+        f"#   study: {len(finished)} finished of {len(rows)} trials"
+        + ("" if results else " (stopped before its n_trials)")
+        + f", {str(sampler.get('_target_', '?')).rsplit('.', 1)[-1]} "
         f"seed {sampler.get('seed')}, val/{metric} {direction(task, monitor)}d; test data not read",
         f"#   best trial {best['trial']}: val/{metric} = {float(best['objective']):.4f} "
         f"(best epoch {best['fit/best_epoch']} of {best['fit/epochs_run']} run)",

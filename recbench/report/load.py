@@ -27,7 +27,7 @@ REPORT_EXPERIMENT = "recbench-reports"
 #: Run tags written by ``recbench.run`` (``experiment`` = preset name, not the MLflow experiment).
 IDENTITY = (
     "dataset", "model", "method", "user_method", "task", "seed", "loss", "config_hash", "run_dir",
-    "experiment", "budget", "eval_protocol",
+    "experiment", "budget", "eval_protocol", "stage",
 )  # fmt: skip
 #: Columns every loader returns besides the metrics. ``knobs`` is the method's config as sorted
 #: JSON (hashable, comparable); ``store_experiment`` is the MLflow experiment (or folder) name.
