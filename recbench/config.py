@@ -35,13 +35,13 @@ class DatasetConfig:
 class TrainConfig:
     """The training loop's settings (values in conf/train/default.yaml and each model's YAML)."""
 
-    epochs: int = 20
+    epochs: int = 200
     batch_size: int = 256
     lr: float = 0.001
     weight_decay: float = 0.0
     loss: str = "bce"
     num_negatives: int = 4
-    patience: int = 0
+    patience: int = 10
     monitor: str | None = None
     device: str = "auto"
     progress: bool = True

@@ -108,11 +108,23 @@ def check_tuning_config(config: DictConfig) -> None:
             )
 
 
+def _own_task(model: str) -> str | None:
+    """The task a model's YAML sets (conf/model/<model>.yaml)."""
+    model_yaml = CONF_DIR / "model" / f"{model}.yaml"
+    task = OmegaConf.load(model_yaml).get("task") if model_yaml.is_file() else None
+    return None if task is None else str(task)
+
+
+def _model_choice(config: DictConfig) -> str:
+    choices = OmegaConf.select(config, "hydra.runtime.choices") or {}
+    return str(choices.get("model") or config.model._target_.rsplit(".", 1)[-1].lower())
+
+
 def tuned_name(config: DictConfig) -> str:
     """``<dataset>_<model>_<method>`` (+ ``_u<user method>``, ``_b<budget>``, and the task when
     it is not the model's own, e.g. ``ml-100k_dot_bias_full_ranking``)."""
     choices = OmegaConf.select(config, "hydra.runtime.choices") or {}
-    model = str(choices.get("model") or config.model._target_.rsplit(".", 1)[-1].lower())
+    model = _model_choice(config)
     method = str(choices.get("method") or config.method._target_.rsplit(".", 1)[-1].lower())
     parts = [str(config.dataset.name), model, method]
     user_method = choices.get("method@user_method") or choices.get("user_method")
@@ -120,9 +132,8 @@ def tuned_name(config: DictConfig) -> str:
         parts.append(f"u{user_method}")
     if config.method.get("budget") is not None:
         parts.append(f"b{config.method.budget}")
-    model_yaml = CONF_DIR / "model" / f"{model}.yaml"
-    own_task = OmegaConf.load(model_yaml).get("task") if model_yaml.is_file() else None
-    if own_task is not None and str(own_task) != str(config.task):
+    own_task = _own_task(model)
+    if own_task is not None and own_task != str(config.task):
         parts.append(str(config.task))
     return "_".join(parts)
 
@@ -240,8 +251,12 @@ def write_tuned(
     if not best_params:  # stopped study: the best finished trial's values, typed as resolved
         best_params = {k: OmegaConf.select(OmegaConf.create(resolved), k) for k in searched}
     values = dict(best_params)
-    for key in ("train.epochs", "train.patience"):
+    # what else the trials ran with that a +tuned run must repeat: the loss, the epoch cap and
+    # patience, and the task when it is not the model's own (dot_bias task=ranking)
+    for key in ("train.loss", "train.epochs", "train.patience"):
         values[key] = OmegaConf.select(OmegaConf.create(resolved), key)
+    if _own_task(_model_choice(config)) not in (None, task):
+        values["task"] = task
     overrides = [
         o for o in (OmegaConf.select(config, "hydra.overrides.task") or [])
         if not o.startswith("hydra.") and o.split("=", 1)[0] not in best_params

@@ -22,7 +22,7 @@ from recbench.errors import ConfigError
 from recbench.tuning import check_tuning_config, direction, objective, tuned_name
 from tests.conftest import CONF, ROOT
 
-TINY = ["dataset.loader.num_users=120", "dataset.loader.num_items=60", "train.epochs=3"]
+TINY = ["dataset.loader.num_users=120", "dataset.loader.num_items=60", "train.epochs=2"]
 
 #: Runs recbench.run with every evaluator's test-split access replaced by an error.
 SPY = """
@@ -47,14 +47,14 @@ for cls in (ev.RankingEvaluator, ev.RatingEvaluator, sa.SampledEvaluator):
 ev.RankingEvaluator.popularity = popularity
 sa.SampledEvaluator.popularity = popularity
 sys.argv = ["recbench.run", *sys.argv[1:]]
-from recbench.run import cli
-cli()
+import runpy
+runpy.run_module("recbench.run", run_name="__main__", alter_sys=True)  # as `python -m recbench.run`
 """
 
 
 def spied_run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-c", SPY, "tracking=none", *args]
+    cmd = [sys.executable, "-c", SPY, *args, "tracking=none"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -140,7 +140,7 @@ def test_tuning_sweep_never_reads_test_data_and_writes_the_best_trial(tmp_path: 
     train = yaml.safe_load(text)["train"]
     for key, value in results["best_params"].items():
         assert train[key.split(".", 1)[1]] == value
-    assert train["epochs"] == 3 and train["patience"] == 10
+    assert train["epochs"] == 2 and train["patience"] == 10 and train["loss"] == "bce"
     with (out / "synthetic_gmf_full.trials.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["status"] for r in rows] == ["FINISHED"] * 3
