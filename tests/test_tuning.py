@@ -59,6 +59,8 @@ def spied_run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def composed(overrides: list[str]):  # noqa: ANN201
+    if any(o.startswith("+tune=") for o in overrides):
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # the `tune` extra
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
@@ -108,6 +110,7 @@ def test_tuned_names() -> None:
 
 
 def test_tuning_sweep_never_reads_test_data_and_writes_the_best_trial(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # the `tune` extra
     # control: the spy does catch a normal run's test evaluation
     proc = spied_run([*TINY, f"hydra.run.dir={tmp_path / 'plain'}"], tmp_path)
     assert proc.returncode != 0 and "TEST SPLIT READ" in proc.stderr
