@@ -63,7 +63,7 @@ class DatasetConfig:
 class TrainConfig:
     """The training loop's settings (values in conf/train/default.yaml and each model's YAML)."""
 
-    epochs: int = 20
+    epochs: int = 200
     batch_size: int = 256
     lr: float = 0.001
     weight_decay: float = 0.0
@@ -71,7 +71,7 @@ class TrainConfig:
     num_negatives: int = 4
     num_sampled: int = 1000
     sampled_distribution: str = "uniform"
-    patience: int = 0
+    patience: int = 10
     monitor: str | None = None
     device: str = "auto"
     progress: bool = True
@@ -91,6 +91,7 @@ class EvalConfig:
     negatives_dir: str | None = None
     serving_artifact: bool = True
     reference_dim: int = 64  # d of the full float32 model that size/fraction_of_full divides by
+    test: bool = True  # false while tuning: the test split is never evaluated nor recorded
 
 
 @dataclass
@@ -117,6 +118,7 @@ class RecbenchConfig:
     task: str = MISSING
     seed: int = 0
     preset: str | None = None
+    stage: str = "run"  # "tune" for tuning trials (conf/tune/); reports leave those out
     force: bool = False
     resume: str = "same_code"  # same_code: reuse only FINISHED runs of identical code; any_code
 

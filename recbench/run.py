@@ -36,6 +36,7 @@ from recbench.size import model_size, reference_bits
 from recbench.tasks import build_task
 from recbench.tracking import StoreError, Twin, cell_hash, config_hash, flatten, make_tracker
 from recbench.training import fit, resolve_device
+from recbench.tuning import is_optuna_sweep, objective
 
 log = logging.getLogger("recbench")
 
@@ -75,6 +76,7 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
         "seed": str(cfg.seed),
         "loss": str(cfg.train.loss),
         "preset": str(cfg.get("preset") or ""),
+        "stage": str(cfg.get("stage") or "run"),
         "budget": "" if cfg.method.get("budget") is None else str(cfg.method.budget),
         "tie_break": str(cfg.dataset.get("tie_break", "file")),
         "config_hash": config_hash(resolved),
@@ -246,18 +248,23 @@ def _train_and_evaluate(
         compile=cfg.train.compile,
     )
 
-    eval_started = time.perf_counter()
-    test = parts.evaluator.evaluate(model, "test")
-    eval_seconds = time.perf_counter() - eval_started
-    metrics: dict[str, Any] = {f"test/{k}": v for k, v in test.items()}
+    # eval.test=false (tuning): the test split is neither evaluated nor recorded, nor is anything
+    # that reads it (popularity on test, the serving artifact's reference scores).
+    with_test = cfg.eval.get("test", True)
+    metrics: dict[str, Any] = {}
+    if with_test:
+        eval_started = time.perf_counter()
+        test = parts.evaluator.evaluate(model, "test")
+        metrics["time/test_eval_seconds"] = time.perf_counter() - eval_started
+        metrics.update({f"test/{k}": v for k, v in test.items()})
     if parts.has_validation:
         metrics.update({f"val/{k}": v for k, v in parts.evaluator.evaluate(model, "valid").items()})
-    if data.task != "rating" and cfg.eval.popularity_baseline:
+    if with_test and data.task != "rating" and cfg.eval.popularity_baseline:
         popular = parts.evaluator.popularity(data.item_counts, "test")
         metrics.update({f"popularity/{k}": v for k, v in popular.items()})
     metrics.update(model_size(model).as_metrics())  # after training: CCE and PEP change their size
     torch.save(model.state_dict(), run_dir / "model.pt")
-    if cfg.eval.serving_artifact:
+    if with_test and cfg.eval.serving_artifact:
         metrics.update(_export_serving(cfg, model, data, parts, run_dir, tracker))
     metrics.update(
         {
@@ -266,7 +273,6 @@ def _train_and_evaluate(
             "time/data_seconds": data_seconds,
             "time/train_seconds": result.train_seconds,
             "time/train_samples_per_second": result.samples_per_second,
-            "time/test_eval_seconds": eval_seconds,
             "time/total_seconds": time.perf_counter() - started,
         }
     )
@@ -335,7 +341,8 @@ def _print_summary(
     name = f"{ident['dataset']} / {ident['model']} / {ident['method']}" + (
         f" (users: {ident['user_method']})" if ident["user_method"] else ""
     )
-    keys = [k for k in metrics if k.startswith("test/")]
+    # a tuning trial (eval.test=false) has no test metrics: show its validation result instead
+    keys = [k for k in metrics if k.startswith("test/")] or [k for k in metrics if k.startswith("val/")]
     baseline = {k: metrics.get("popularity/" + k.split("/", 1)[1]) for k in keys}
     has_baseline = all(v is not None for v in baseline.values()) and bool(keys)
     bits = int(metrics["size/serving_bits"])
@@ -357,7 +364,7 @@ def _print_summary(
         f"recbench: {name} / seed {cfg.seed}: {data.num_users:,} users, {data.num_items:,} items, "
         f"task {data.task}",
         "  " + " " * 12 + "".join(f"{_metric_label(k):>{width}}" for k in keys),
-        "  " + f"{'model':<12}" + "".join(f"{metrics[k]:>{width}.4f}" for k in keys),
+        "  " + f"{'model' if head and head.startswith('test/') else 'model (val)':<12}" + "".join(f"{metrics[k]:>{width}.4f}" for k in keys),
     ]
     if has_baseline:
         lines.append("  " + f"{'popularity':<12}" + "".join(f"{baseline[k]:>{width}.4f}" for k in keys))
@@ -378,7 +385,8 @@ def _print_summary(
         f"{fraction:.1f}% of the full float32 model at d = {cfg.eval.get('reference_dim', 64)}",
         f"  time        {metrics['time/total_seconds']:.1f}s in all: train "
         f"{metrics['time/train_seconds']:.1f}s ({metrics['time/train_samples_per_second']:,.0f} "
-        f"samples/s), best epoch {best}{stop}; test eval {metrics['time/test_eval_seconds']:.2f}s",
+        f"samples/s), best epoch {best}{stop}"
+        + (f"; test eval {metrics['time/test_eval_seconds']:.2f}s" if "time/test_eval_seconds" in metrics else ""),
     ]
     if run_dir is not None:
         lines.append(f"  saved       {run_dir}/ (metrics.json, config.yaml, serving/)")
@@ -391,7 +399,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any] | None:
+def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     """Hydra entry point. User errors print one line and exit non-zero; in a sweep a failed run is
     recorded (FAILED in MLflow, metrics.json with the error) and the sweep goes on. A signal
     (SIGTERM/SIGHUP/SIGINT) records the run KILLED, prints one line and exits 128 + signal number,
@@ -400,7 +408,9 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        return execute(cfg, run_dir)
+        metrics = execute(cfg, run_dir)
+        # Hydra's Optuna sweeper needs one float: the run's (best-epoch) validation metric.
+        return objective(cfg, metrics) if multirun and is_optuna_sweep(hydra_cfg) else metrics
     except Interrupted as exc:
         detail = getattr(exc, "detail", str(exc))
         print(

@@ -146,6 +146,9 @@ def shorten_run(args: list[str], tmp: Path, n: int) -> list[str]:
             extra.append("dataset=ml-100k")  # presets default to ML-1M, absent here
     if not real:
         extra += SYNTHETIC if "-m" in out else TINY
+    if any(a.startswith("+tune=") for a in out):
+        # 2 trials, and the tuned YAML goes to the temporary folder, never into the checkout's conf/
+        extra += ["hydra.sweeper.n_trials=2", f"hydra.callbacks.tuned_writer.out_dir={tmp / 'tuned'}"]
     if any("model=sasrec" in a for a in out):
         extra += ["model.max_len=20"]
     return out + extra
@@ -162,6 +165,12 @@ def run_line(line: str, tmp: Path, n: int, env: dict[str, str]) -> subprocess.Co
         args += ["--out", str(tmp / "reports")]
     elif module == "recbench.serving":
         args = [str(latest_run(tmp)) if a.startswith("outputs/runs/") else a for a in args]
+    elif module == "recbench.tuning":  # the README's placeholder -> the newest tuning sweep here
+        sweeps = sorted((p.parent for p in (tmp / "multirun").glob("*/optimization_results.yaml")),
+                        key=lambda p: p.stat().st_mtime)  # fmt: skip
+        assert sweeps, "no tuning sweep yet"
+        args = [str(sweeps[-1]) if a.startswith("outputs/tune/") else a for a in args]
+        args += ["--out", str(tmp / "tuned")]
     elif module.endswith(".py"):  # scripts/budget_floor.py: small data, two methods
         return subprocess.run([sys.executable, module, *args, *SYNTHETIC, "--methods", "hashing,dpq"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip

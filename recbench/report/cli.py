@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--runs-dir, the runs' `experiment` (preset) tag")
     parser.add_argument("--filter", default="", metavar="EXPR",
                         help="MLflow search filter, e.g. \"tags.model = 'gmf'\"")
+    parser.add_argument("--include-tuning", action="store_true",
+                        help="keep tuning trials (tag stage=tune, no test metrics); left out by default")
     parser.add_argument("--runs-dir", default=None, metavar="DIR",
                         help="read run folders (metrics.json) under DIR instead of MLflow")
     parser.add_argument("--name", default=None,
@@ -100,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     uri = args.uri or DEFAULT_URI
     source = FolderSource(args.runs_dir) if args.runs_dir else MlflowSource(uri)
     runs = source.runs(args.experiment, args.filter)
+    if not args.include_tuning and not runs.empty:
+        runs = runs[runs["stage"] != "tune"]  # tuning trials have validation metrics only
     if runs.empty:
         where = f"experiment(s) {', '.join(args.experiment)} of " if args.experiment else ""
         what = f" with --filter {args.filter!r}" if args.filter else ""

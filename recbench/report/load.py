@@ -39,7 +39,7 @@ REPORT_EXPERIMENT = "recbench-reports"
 IDENTITY = (
     "dataset", "model", "method", "user_method", "task", "seed", "loss", "config_hash", "run_dir",
     "experiment", "budget", "eval_protocol", "cell_hash", "code_version", "git_commit", "git_dirty",
-    "code_identity",
+    "code_identity", "stage",
 )  # fmt: skip
 #: Columns every loader returns besides the metrics. ``knobs`` is the method's config as sorted
 #: JSON (hashable, comparable); ``store_experiment`` is the MLflow experiment (or folder) name;
