@@ -204,6 +204,7 @@ RUNNABLE = [line for line in commands() if exempt(line) is None]
 def _param(i: int, line: str) -> object:
     """Sweeps (``-m``: several runs each) are marked slow; single commands run in the fast suite."""
     slow = " -m " in f" {line} ".replace("python -m ", "") or "budget_floor" in line
+    slow = slow or "recbench.tuning" in line  # reads the tuning sweep, which is slow
     return pytest.param(line, id=f"{i:02d}", marks=[pytest.mark.slow] if slow else [])
 
 
