@@ -23,7 +23,7 @@ from tests.reliability.conftest import (
 
 LONG = [
     "dataset.loader.num_users=150", "dataset.loader.num_items=80", "dataset.loader.events_per_user=10",
-    "train.epochs=100000", "train.progress=false", "eval.serving_artifact=false",
+    "train.epochs=100000", "train.patience=0", "train.progress=false", "eval.serving_artifact=false",
 ]  # fmt: skip
 
 
