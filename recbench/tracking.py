@@ -471,7 +471,11 @@ class MlflowTracker:
         self.client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
         with store_lock(self.uri):
             self.experiment_id = self._experiment_id()
-        location = _retry(lambda: self.client.get_experiment(self.experiment_id)).artifact_location
+        experiment = _retry(lambda: self.client.get_experiment(self.experiment_id))
+        location = experiment.artifact_location
+        for key, value in experiment_tags(self.experiment).items():  # stores from older versions
+            if key not in experiment.tags:
+                _retry(lambda key=key, value=value: self.client.set_experiment_tag(self.experiment_id, key, value))
         local = _local_path(location)
         if local is not None:
             problem = writable_dir_problem(local, f"the artifact folder of experiment {self.experiment!r}")
@@ -594,7 +598,7 @@ class MlflowTracker:
                 pass
         from mlflow.entities import Dataset
 
-        meta = MetaDataset(origin, name=name, digest=digest[:36])._to_mlflow_entity()
+        meta = MetaDataset(origin, name=name, digest=digest[:12])._to_mlflow_entity()
         entity = Dataset(
             name=meta.name, digest=meta.digest, source_type=meta.source_type, source=meta.source,
             schema=meta.schema, profile=json.dumps(dict(profile), default=str),
@@ -667,7 +671,7 @@ VIEW_KEY = "recbench"
 
 
 def experiment_tags(name: str) -> dict[str, str]:
-    """Tags of an experiment recbench creates: the classic ML view rather than MLflow 3's GenAI one
+    """Tags of an experiment recbench uses (set when absent; a user's edits stay): the classic ML view rather than MLflow 3's GenAI one
     (``mlflow.experimentKind``), a description (``mlflow.note.content``) and a shared view of the
     runs table with the headline metrics as columns (``mlflow.sharedViewState.<key>``, what the
     UI's "Share" button writes)."""

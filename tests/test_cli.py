@@ -106,7 +106,7 @@ def assert_mlflow_browsable(client: Any, run: Any) -> None:
     if tags["git_commit"]:
         assert tags["mlflow.source.git.commit"] == tags["git_commit"]
     (data,) = run.inputs.dataset_inputs
-    assert data.dataset.name == "synthetic" and len(data.dataset.digest) >= 16
+    assert data.dataset.name == "synthetic" and len(data.dataset.digest) == 12
     assert json.loads(data.dataset.profile) == json.loads(Path(tags["run_dir"], "metrics.json").read_text())["data"]
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
