@@ -584,11 +584,10 @@ class MlflowTracker:
     def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
         """Record the run's data with ``mlflow.log_input`` semantics (the run page's "Datasets"
         and the runs table's Dataset column): name, digest (same data, same digest) and source."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
-
-        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
         origin = CodeDatasetSource(tags={"source": source})  # a generator: the code is the source
         if Path(source).is_absolute():
@@ -596,8 +595,6 @@ class MlflowTracker:
                 origin = resolve_dataset_source(source)
             except Exception:  # noqa: BLE001 - MLflow knows no source for it: keep the code's
                 pass
-        from mlflow.entities import Dataset
-
         meta = MetaDataset(origin, name=name, digest=digest[:12])._to_mlflow_entity()
         entity = Dataset(
             name=meta.name, digest=meta.digest, source_type=meta.source_type, source=meta.source,
