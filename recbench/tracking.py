@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -592,7 +593,9 @@ class MlflowTracker:
         origin = CodeDatasetSource(tags={"source": source})  # a generator: the code is the source
         if Path(source).is_absolute():
             try:
-                origin = resolve_dataset_source(source)
+                with warnings.catch_warnings():  # "can be interpreted in multiple ways": noise
+                    warnings.simplefilter("ignore")
+                    origin = resolve_dataset_source(source)
             except Exception:  # noqa: BLE001 - MLflow knows no source for it: keep the code's
                 pass
         meta = MetaDataset(origin, name=name, digest=digest[:12])._to_mlflow_entity()
