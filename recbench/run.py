@@ -7,9 +7,12 @@ log) and, unless ``tracking=none``, to MLflow.
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 import traceback
@@ -34,7 +37,7 @@ from recbench.interrupts import Interrupted, as_interrupted, signals_deferred, s
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size, reference_bits
 from recbench.tasks import build_task
-from recbench.tracking import StoreError, Twin, cell_hash, config_hash, flatten, make_tracker
+from recbench.tracking import StoreError, Twin, cell_hash, config_hash, make_tracker, run_params
 from recbench.training import fit, resolve_device
 from recbench.tuning import is_optuna_sweep, objective
 
@@ -85,6 +88,39 @@ def run_identity(cfg: DictConfig) -> dict[str, str]:
     }
 
 
+def run_name(cfg: DictConfig, identity: dict[str, str]) -> str:
+    """``ml-100k-gmf-hashing-b0.25-s0-3f9a``: dataset, model, method (and the user method), the
+    size (budget, or the method knobs set on the command line), seed and 4 random hex digits, so
+    that runs of a budget sweep and ``force=true`` reruns never share a name in the MLflow UI."""
+    parts = [identity["dataset"], identity["model"], identity["method"]]
+    if identity.get("user_method"):
+        parts.append(f"users_{identity['user_method']}")
+    if identity.get("budget"):
+        parts.append(f"b{identity['budget']}")
+    elif HydraConfig.initialized():
+        for override in HydraConfig.get().overrides.task:
+            key, _, value = override.lstrip("+~").partition("=")
+            if key.startswith(("method.", "user_method.")) and value and "_target_" not in key:
+                parts.append(f"{key.split('.', 1)[1]}{value}"[:24])
+    parts += [f"s{cfg.seed}", secrets.token_hex(2)]
+    return "-".join(parts)
+
+
+def system_tags(identity: dict[str, str]) -> dict[str, str]:
+    """MLflow's own tags (the UI's Source, User and Git commit columns) and, in a multirun, the
+    ``sweep_id`` every run of the launch shares (``recbench.config.launch_id``)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = ""
+    tags = {"mlflow.source.name": "recbench.run", "mlflow.source.type": "LOCAL", "mlflow.user": user}
+    if identity.get("git_commit"):
+        tags["mlflow.source.git.commit"] = identity["git_commit"]
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        tags["sweep_id"] = recbench.config.launch_id()
+    return tags
+
+
 @dataclass
 class Progress:
     """What a run has done so far, kept outside the training call so that a run stopped half-way
@@ -116,13 +152,12 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tracker.open()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     any_code = cfg.get("resume", "same_code") == "any_code"
-    run_name = f"{identity['model']}-{identity['method']}-s{cfg.seed}"
     progress = Progress()
     with signals_raise():
         try:
             twin = tracker.claim(
-                run_name,
-                {**identity, "run_dir": str(run_dir)},
+                run_name(cfg, identity),
+                {**identity, **system_tags(identity), "run_dir": str(run_dir)},
                 config_hash=identity["config_hash"],
                 code_identity=None if any_code else identity["code_identity"],
                 reuse_finished=any_code or provenance.reusable(identity),
@@ -131,7 +166,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             if twin is not None:
                 return _skip(twin, identity, run_dir)
             with tracker.heartbeat():
-                tracker.log_params(flatten(resolved))
+                tracker.log_params(run_params(resolved, identity))
                 metrics = _train_and_evaluate(cfg, device, tracker, run_dir, started, progress)
         except BaseException as exc:
             interrupted = as_interrupted(exc)
@@ -207,6 +242,7 @@ def _train_and_evaluate(
     for note in data.notes:
         log.warning("%s", note)
     log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data.summary().items()))
+    _log_dataset(cfg, data, tracker)
 
     seed_everything(cfg.seed)
     model = build_model(cfg, data).to(device)
@@ -257,8 +293,8 @@ def _train_and_evaluate(
         test = parts.evaluator.evaluate(model, "test")
         metrics["time/test_eval_seconds"] = time.perf_counter() - eval_started
         metrics.update({f"test/{k}": v for k, v in test.items()})
-    if parts.has_validation:
-        metrics.update({f"val/{k}": v for k, v in parts.evaluator.evaluate(model, "valid").items()})
+    if parts.has_validation:  # the restored best epoch; val/* stays the per-epoch curve
+        metrics.update({f"best/{k}": v for k, v in parts.evaluator.evaluate(model, "valid").items()})
     if with_test and data.task != "rating" and cfg.eval.popularity_baseline:
         popular = parts.evaluator.popularity(data.item_counts, "test")
         metrics.update({f"popularity/{k}": v for k, v in popular.items()})
@@ -294,6 +330,20 @@ def _train_and_evaluate(
     tracker.log_artifact(run_dir / "config.yaml")
     _print_summary(cfg, data, metrics, run_dir)
     return metrics
+
+
+def _log_dataset(cfg: DictConfig, data: PreparedData, tracker: Any) -> None:
+    """The prepared data as the run's input: digest = sha256 of the split's summary and of the
+    dataset config that produced it (same data, same digest), source = the file or generator."""
+    summary = data.summary()
+    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    payload = json.dumps({"summary": summary, "dataset": dataset_cfg}, sort_keys=True, default=str)
+    target = str(cfg.dataset.get("loader", {}).get("_target_", ""))
+    source = (
+        f"{target}({cfg.dataset.name})" if target.endswith("synthetic.generate")
+        else str(Path(cfg.dataset.root, cfg.dataset.name).absolute())
+    )
+    tracker.log_dataset(str(cfg.dataset.name), hashlib.sha256(payload.encode()).hexdigest(), source, summary)
 
 
 def _on_epoch(tracker: Any, progress: Progress, epoch: int, row: dict[str, Any]) -> None:
@@ -342,7 +392,7 @@ def _print_summary(
         f" (users: {ident['user_method']})" if ident["user_method"] else ""
     )
     # a tuning trial (eval.test=false) has no test metrics: show its validation result instead
-    keys = [k for k in metrics if k.startswith("test/")] or [k for k in metrics if k.startswith("val/")]
+    keys = [k for k in metrics if k.startswith("test/")] or [k for k in metrics if k.startswith("best/")]
     baseline = {k: metrics.get("popularity/" + k.split("/", 1)[1]) for k in keys}
     has_baseline = all(v is not None for v in baseline.values()) and bool(keys)
     bits = int(metrics["size/serving_bits"])

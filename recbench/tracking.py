@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,33 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
 #: label; the settings a preset makes are in the config itself) and machine-local folders (the same
 #: files under another path are the same data; their content is pinned by the loaders' checks).
 CELL_EXCLUDED = (*_HASH_EXCLUDED, "seed", "preset", "dataset.root", "eval.negatives_dir")
+#: Hydra's plumbing (how an object is built, not what it is): never a param, never a cell key.
+HYDRA_PLUMBING = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+#: Config subtrees left out of the params (bookkeeping, or categories' own plumbing).
+PARAMS_EXCLUDED = ("tracking", "dataset.categories", "force", "resume", "train.progress")
+#: Params that name the chosen options (``method=hashing``); labels, not cell keys (the report
+#: groups by them anyway, and runs recorded before they existed must fall into the same cells).
+LABEL_PARAMS = ("dataset", "model", "method", "user_method")
+
+
+def is_plumbing(key: str) -> bool:
+    """``method._target_``, ``model._partial_``: Hydra's instantiation keys."""
+    return key.rsplit(".", 1)[-1] in HYDRA_PLUMBING
+
+
+def run_params(resolved: Mapping[str, Any], identity: Mapping[str, str]) -> dict[str, Any]:
+    """What a run logs as MLflow params: the flattened resolved config without Hydra plumbing
+    and bookkeeping (``PARAMS_EXCLUDED``), plus the chosen ``dataset``/``model``/``method``/
+    ``user_method`` so that the runs table can show and filter them like any other param."""
+    flat = {
+        k: v
+        for k, v in flatten(resolved).items()
+        if not is_plumbing(k) and not any(k == x or k.startswith(x + ".") for x in PARAMS_EXCLUDED)
+    }
+    flat.update({key: identity.get(key, "") for key in LABEL_PARAMS})
+    return flat
+
+
 #: What a ``*.hash_seed`` equal to the run's seed becomes in a cell key: "follows the seed".
 FOLLOWS_SEED = "${seed}"
 
@@ -93,11 +121,14 @@ def is_hash_seed(key: str) -> bool:
 
 def cell_config(flat: Mapping[str, Any]) -> dict[str, str]:
     """The part of a flattened config that decides which runs are seeds of one result: every key
-    but ``CELL_EXCLUDED``, as text (so MLflow params and config.yaml give the same dict)."""
+    but ``CELL_EXCLUDED``, Hydra's plumbing and the option labels (``LABEL_PARAMS``), as text (so
+    MLflow params, which omit the plumbing, and config.yaml give the same dict)."""
     return {
         k: param_text(v)
         for k, v in flat.items()
         if not any(k == x or k.startswith(x + ".") for x in CELL_EXCLUDED)
+        and not is_plumbing(k)
+        and k not in LABEL_PARAMS
     }
 
 
@@ -402,6 +433,9 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         pass
 
+    def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
+        pass
+
     def log_artifact(self, path: str | os.PathLike[str], subdir: str | None = None) -> None:
         pass
 
@@ -438,7 +472,11 @@ class MlflowTracker:
         self.client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
         with store_lock(self.uri):
             self.experiment_id = self._experiment_id()
-        location = _retry(lambda: self.client.get_experiment(self.experiment_id)).artifact_location
+        experiment = _retry(lambda: self.client.get_experiment(self.experiment_id))
+        location = experiment.artifact_location
+        for key, value in experiment_tags(self.experiment).items():  # stores from older versions
+            if key not in experiment.tags:
+                _retry(lambda key=key, value=value: self.client.set_experiment_tag(self.experiment_id, key, value))
         local = _local_path(location)
         if local is not None:
             problem = writable_dir_problem(local, f"the artifact folder of experiment {self.experiment!r}")
@@ -454,7 +492,9 @@ class MlflowTracker:
         # puts them under tracking.artifact_root.
         location = None if remote else (self.artifact_root / self.experiment).as_uri()
         try:
-            return self.client.create_experiment(self.experiment, artifact_location=location)
+            return self.client.create_experiment(
+                self.experiment, artifact_location=location, tags=experiment_tags(self.experiment)
+            )
         except Exception:  # created concurrently by another process
             found = _retry(lambda: self.client.get_experiment_by_name(self.experiment))
             if found is None:
@@ -542,6 +582,30 @@ class MlflowTracker:
             chunk = items[start : start + 100]
             _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
 
+    def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
+        """Record the run's data with ``mlflow.log_input`` semantics (the run page's "Datasets"
+        and the runs table's Dataset column): name, digest (same data, same digest) and source."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        origin = CodeDatasetSource(tags={"source": source})  # a generator: the code is the source
+        if Path(source).is_absolute():
+            try:
+                with warnings.catch_warnings():  # "can be interpreted in multiple ways": noise
+                    warnings.simplefilter("ignore")
+                    origin = resolve_dataset_source(source)
+            except Exception:  # noqa: BLE001 - MLflow knows no source for it: keep the code's
+                pass
+        meta = MetaDataset(origin, name=name, digest=digest[:12])._to_mlflow_entity()
+        entity = Dataset(
+            name=meta.name, digest=meta.digest, source_type=meta.source_type, source=meta.source,
+            schema=meta.schema, profile=json.dumps(dict(profile), default=str),
+        )  # fmt: skip
+        context = [InputTag("mlflow.data.context", "train")]
+        _retry(lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, context)]))
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
@@ -598,6 +662,35 @@ class MlflowTracker:
             return
         self.set_tags({STATE_TAG: status, **({"error": error} if error else {})})
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+#: Metrics shown as columns of the runs table by the view ``experiment_tags`` shares.
+TABLE_COLUMNS = ("test/hr_at_10", "test/ndcg_at_10", "size/fraction_of_full", "time/train_seconds")
+#: Key of that shared view (``#/experiments/<id>?viewStateShareKey=recbench``).
+VIEW_KEY = "recbench"
+
+
+def experiment_tags(name: str) -> dict[str, str]:
+    """Tags of an experiment recbench uses (set when absent; a user's edits stay): the classic ML view rather than MLflow 3's GenAI one
+    (``mlflow.experimentKind``), a description (``mlflow.note.content``) and a shared view of the
+    runs table with the headline metrics as columns (``mlflow.sharedViewState.<key>``, what the
+    UI's "Share" button writes)."""
+    columns = [f"metrics.`{m}`" for m in TABLE_COLUMNS] + ["params.`method.budget`"]
+    view = {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False}
+    note = (
+        f"recbench runs on **{name}**: one run per (dataset, backbone, compression method, size, "
+        "seed). Metrics: `test/*` (final test quality of the restored best epoch), `best/*` "
+        "(its validation values), `val/*` and `train/loss` (per epoch), `size/*` "
+        "(`size/fraction_of_full` = serving size / full float32 model), `time/*`. Runs of one "
+        "sweep share the tag `sweep_id` (filter `tags.sweep_id = '...'`). The headline columns: "
+        f"open this experiment with `?viewStateShareKey={VIEW_KEY}`. "
+        "Tables and plots: `python -m recbench.report`."
+    )
+    return {
+        "mlflow.experimentKind": "custom_model_development",
+        "mlflow.note.content": note,
+        f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view),
+    }
 
 
 def make_tracker(enabled: bool, uri: str, experiment: str, artifact_root: str) -> NullTracker | MlflowTracker:

@@ -60,7 +60,7 @@ def objective(cfg: DictConfig, metrics: Mapping[str, Any]) -> float:
     """The run's validation value of the monitored metric (after the best epoch's weights were
     restored): what the sweeper optimises. Never a test metric."""
     name = monitored_metric(str(cfg.task), cfg.train.get("monitor"), int(cfg.eval.k))
-    key = f"val/{name}"
+    key = f"best/{name}" if f"best/{name}" in metrics else f"val/{name}"  # val/: runs before best/*
     if key not in metrics:
         raise ConfigError(
             f"the run recorded no {key}, so it cannot be tuned; tuning needs a validation split "
@@ -162,8 +162,11 @@ def trial_rows(sweep_dir: Path, searched: Sequence[str], metric: str) -> list[di
         metrics = record.get("metrics") or {}
         row: dict[str, Any] = {"trial": int(number), "status": record.get("status", "?")}
         row.update({name: overrides.get(name, "") for name in searched})
-        row["objective"] = metrics.get(f"val/{metric}", "")
-        row.update({k: v for k, v in sorted(metrics.items()) if k.startswith("val/") and k != f"val/{metric}"})
+        # the restored best epoch's validation values: best/* (val/* in runs recorded before it)
+        prefix = "best/" if f"best/{metric}" in metrics else "val/"
+        row["objective"] = metrics.get(f"{prefix}{metric}", "")
+        row.update({"val/" + k.split("/", 1)[1]: v for k, v in sorted(metrics.items())
+                    if k.startswith(prefix) and k != f"{prefix}{metric}"})  # fmt: skip
         for key in ("fit/best_epoch", "fit/epochs_run", "time/train_seconds"):
             row[key] = metrics.get(key, "")
         row["run_dir"] = str(folder)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +84,55 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
     assert [h.step for h in history] == [1, 2]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "config.yaml"} <= names
+    assert_mlflow_browsable(client, run)
+
+
+def assert_mlflow_browsable(client: Any, run: Any) -> None:
+    """What the MLflow UI shows (issue 15): an informative name, clean params with the chosen
+    options, per-epoch validation curves and the best epoch as best/*, MLflow's own source tags,
+    the dataset as an input, and an experiment that opens in the classic ML view."""
+    tags, params = run.data.tags, run.data.params
+    assert re.fullmatch(r"synthetic-gmf-full-s0-[0-9a-f]{4}", run.info.run_name), run.info.run_name
+    assert (params["dataset"], params["model"], params["method"]) == ("synthetic", "gmf", "full")
+    noise = [k for k in params if "_target_" in k or "_partial_" in k or k.startswith("tracking.")]
+    assert noise == [] and "force" not in params and "resume" not in params
+    for key in ("val/ndcg_at_10", "val/hr_at_10"):  # one point per epoch, none at step 0
+        assert [h.step for h in client.get_metric_history(run.info.run_id, key)] == [1, 2]
+    assert {"best/ndcg_at_10", "best/hr_at_10"} <= set(run.data.metrics)
+    record = json.loads(Path(tags["run_dir"], "metrics.json").read_text())["metrics"]
+    assert record["best/ndcg_at_10"] == pytest.approx(run.data.metrics["best/ndcg_at_10"])
+    assert tags["mlflow.source.name"] == "recbench.run" and tags["mlflow.source.type"] == "LOCAL"
+    assert "mlflow.user" in tags and "sweep_id" not in tags  # a single run is no sweep
+    if tags["git_commit"]:
+        assert tags["mlflow.source.git.commit"] == tags["git_commit"]
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.name == "synthetic" and len(data.dataset.digest) == 12
+    assert json.loads(data.dataset.profile) == json.loads(Path(tags["run_dir"], "metrics.json").read_text())["data"]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "test/" in experiment.tags["mlflow.note.content"]
+    view = json.loads(experiment.tags["mlflow.sharedViewState.recbench"])
+    assert "metrics.`test/hr_at_10`" in view["selectedColumns"]
+
+
+def test_params_leave_out_plumbing_but_keep_the_cell() -> None:
+    """Params drop Hydra's plumbing and bookkeeping and name the options; the report's cell key
+    is the same whether it is computed from them or from the full config (old runs' params)."""
+    from recbench.tracking import cell_config, flatten, run_params
+
+    resolved = {
+        "seed": 1, "force": False, "tracking": {"uri": "sqlite:///x.db"},
+        "method": {"_target_": "a.B", "_partial_": True, "num_buckets": 8},
+        "model": {"factory": {"_target_": "a.M", "_partial_": True}, "embedding_dim": 4},
+        "dataset": {"name": "d", "categories": {"_target_": "a.C"}}, "user_method": None,
+    }  # fmt: skip
+    identity = {"dataset": "d", "model": "gmf", "method": "hashing", "user_method": ""}
+    params = run_params(resolved, identity)
+    assert params == {
+        "seed": 1, "method.num_buckets": 8, "model.embedding_dim": 4, "dataset.name": "d",
+        "dataset": "d", "model": "gmf", "method": "hashing", "user_method": "",
+    }  # fmt: skip
+    assert cell_config(params) == cell_config(flatten(resolved))
 
 
 @pytest.mark.parametrize(
@@ -214,7 +265,10 @@ def test_sweep_isolates_failures_and_resumes(tmp_path: Path) -> None:
 
     forced = run_sweep([*grid[:-1], "dataset.loader.num_items=40", "force=true"], tmp_path)
     assert forced.returncode == 0
-    assert sorted(r.info.status for r in mlflow_runs(tmp_path)).count("FINISHED") == 2
+    finished = [r for r in mlflow_runs(tmp_path) if r.info.status == "FINISHED"]
+    assert len(finished) == 2
+    names = [r.info.run_name for r in finished]  # the forced rerun does not repeat the name
+    assert len(set(names)) == 2 and all(n.startswith("synthetic-gmf-full-s0-") for n in names)
 
 
 def test_impossible_budget_names_the_smallest(tmp_path: Path) -> None:
@@ -242,6 +296,8 @@ def test_parallel_joblib_sweep_shares_the_store(tmp_path: Path) -> None:
     assert {r.info.status for r in runs} == {"FINISHED"}
     dirs = {r.data.tags["run_dir"] for r in runs}
     assert len(dirs) == 2  # each run in its own folder
+    assert len({r.data.tags["sweep_id"] for r in runs}) == 1  # joblib workers share the sweep's id
+    assert sorted(r.info.run_name[:-5] for r in runs) == ["synthetic-gmf-full-s0", "synthetic-gmf-full-s1"]
     # parallel runs print one summary line each (no multi-line blocks to interleave)
     summaries = [line for line in proc.stdout.splitlines() if line.startswith("recbench: synthetic")]
     assert len(summaries) == 2 and all("HR@10" in line and "popularity" in line for line in summaries)

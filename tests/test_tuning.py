@@ -131,7 +131,7 @@ def test_tuning_sweep_never_reads_test_data_and_writes_the_best_trial(tmp_path: 
     for record in records:
         assert record["status"] == "FINISHED" and record["stage"] == "tune"
         assert not [k for k in record["metrics"] if k.startswith(("test/", "popularity/"))]
-        values.append(record["metrics"]["val/ndcg_at_10"])
+        values.append(record["metrics"]["best/ndcg_at_10"])
     assert not list(sweep.glob("*/serving"))
 
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
