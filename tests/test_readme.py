@@ -89,7 +89,7 @@ def test_every_readme_line_is_runnable_or_exempt() -> None:
     assert any("user_method=" in c for c in found) and any("+experiment=" in c for c in found)
     for line in found:
         if exempt(line) is None:
-            assert re.match(r"python (-m recbench\.(run|report|serving)\b|scripts/budget_floor\.py)", line), (
+            assert re.match(r"python (-m recbench\.(run|report|serving|tuning)\b|scripts/budget_floor\.py)", line), (
                 f"README/--help line neither runnable nor exempt: {line!r}; make it a recbench "
                 "command or add it to EXEMPT with the reason"
             )
