@@ -35,6 +35,7 @@ EXEMPT = {
     r"export RECBENCH_DATA=.*": "the test sets RECBENCH_DATA to its own small files",
     r".*hydra/launcher=slurm_example.*": "needs a SLURM cluster",
     r".*train\.device=cuda.*": "needs a GPU",
+    r"": "a comment-only line",
     r"mlflow server .*": "a long-running server; tests/reliability/test_server.py starts one on 127.0.0.1",
     r".*http://trackhost:.*": "names a tracking server on another host; test_server.py runs sweeps against a local one",
 }
