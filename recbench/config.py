@@ -72,6 +72,7 @@ class TrainConfig:
     num_sampled: int = 1000
     sampled_distribution: str = "uniform"
     patience: int = 10
+    min_epochs: int = 0
     monitor: str | None = None
     device: str = "auto"
     progress: bool = True

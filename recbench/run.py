@@ -275,6 +275,7 @@ def _train_and_evaluate(
         lr=cfg.train.lr,
         weight_decay=cfg.train.weight_decay,
         patience=cfg.train.patience,
+        min_epochs=cfg.train.min_epochs,
         monitor=parts.monitor if parts.has_validation else None,
         validate=validate if parts.has_validation else None,
         on_epoch=lambda epoch, row: _on_epoch(tracker, progress, epoch, row),

@@ -416,6 +416,7 @@ def _train(
     lr: float,
     weight_decay: float = 0.0,
     patience: int = 0,
+    min_epochs: int = 0,
     monitor: str | None = None,
     validate: Callable[[], dict[str, float]] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -428,7 +429,9 @@ def _train(
 
     After each epoch ``validate()`` (if given) returns validation metrics; ``monitor`` names the
     one used for early stopping (``patience`` epochs without improvement; 0 = never stop early) and
-    for choosing the weights restored at the end. ``compile`` runs the loss (the model's forward
+    for choosing the weights restored at the end; it never stops before epoch ``min_epochs``, because
+    some models (low rank, biases plus dot product) sit on the popularity plateau for a while before
+    their embeddings start to help, and patience alone would call that plateau convergence. ``compile`` runs the loss (the model's forward
     and, through AOTAutograd, its backward) under ``torch.compile``; the optimizer stays eager.
     """
     from tqdm.auto import tqdm
@@ -486,7 +489,7 @@ def _train(
             bar.set_postfix_str(f"best {monitor}={value:.4f} at epoch {epoch}")  # the log has the rest
         else:
             bad_epochs += 1
-            if patience and bad_epochs >= patience:
+            if patience and bad_epochs >= patience and epoch >= min_epochs:
                 stopped_early = True
                 break
     bar.close()

@@ -256,7 +256,7 @@ def write_tuned(
     values = dict(best_params)
     # what else the trials ran with that a +tuned run must repeat: the loss, the epoch cap and
     # patience, and the task when it is not the model's own (dot_bias task=ranking)
-    for key in ("train.loss", "train.epochs", "train.patience"):
+    for key in ("train.loss", "train.epochs", "train.patience", "train.min_epochs"):
         values[key] = OmegaConf.select(OmegaConf.create(resolved), key)
     if _own_task(_model_choice(config)) not in (None, task):
         values["task"] = task

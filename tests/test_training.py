@@ -138,6 +138,22 @@ def test_early_stopping_restores_best_weights() -> None:
         torch.testing.assert_close(value, snapshots[1][key])
 
 
+def test_min_epochs_keeps_training_through_a_plateau() -> None:
+    """Patience alone would stop at epoch 3; min_epochs=5 lets the late gain at epoch 5 count."""
+    data = small_ranking_data()
+    torch.manual_seed(0)
+    model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
+    sampler = PairSampler(data, 2, 64, torch.device("cpu"))
+    values = iter([0.3, 0.3, 0.3, 0.3, 0.6, 0.5, 0.5, 0.5])
+
+    def validate() -> dict[str, float]:
+        return {"ndcg_at_10": next(values)}
+
+    result = fit(model, sampler, loss="bce", epochs=8, lr=0.05, patience=2, min_epochs=5,
+                 monitor="ndcg_at_10", validate=validate, progress=False)
+    assert result.best_epoch == 5 and result.epochs_run == 7 and result.stopped_early
+
+
 def test_training_is_seeded() -> None:
     data = small_ranking_data()
 
