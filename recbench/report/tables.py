@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from recbench.tracking import FOLLOWS_SEED, is_hash_seed
 from recbench.report.cells import assign_cells
 from recbench.report.stats import (
     ALPHA,
@@ -187,7 +188,11 @@ def add_labels(runs: pd.DataFrame) -> pd.DataFrame:
     out["task_kind"] = out["task"].fillna("").map(task_kind) if "task" in out else "ranking"
     out["variant"] = ""
     knobs = out["knobs"].fillna("{}") if "knobs" in out else pd.Series("{}", index=out.index)
-    parsed = knobs.map(json.loads)
+    seeds = out["seed"].astype(str) if "seed" in out else pd.Series("", index=out.index)
+    # a hash seed equal to the run seed follows the seed (the default): not a setting of its own
+    parsed = pd.Series(
+        [_seed_following(json.loads(k), s) for k, s in zip(knobs, seeds)], index=out.index
+    )
     varying: dict[str, list[str]] = {}
     for method, idx in out.groupby("method").groups.items():
         values: dict[str, set[str]] = {}
@@ -207,6 +212,13 @@ def add_labels(runs: pd.DataFrame) -> pd.DataFrame:
             settings.append(", ".join(f"{k}={knob.get(k, '')}" for k in varying.get(method, [])))
     out["setting"] = settings
     return out
+
+
+def _seed_following(knobs: dict, seed: str) -> dict:
+    """``knobs`` with every ``hash_seed`` equal to ``seed`` written as ``FOLLOWS_SEED``."""
+    return {
+        k: FOLLOWS_SEED if is_hash_seed(k) and str(v) == seed else v for k, v in knobs.items()
+    }
 
 
 def _number(text: str) -> str:

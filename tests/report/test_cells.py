@@ -103,6 +103,20 @@ def test_hash_seed_follows_or_fixed() -> None:
     assert old.aggregated["n"].tolist() == [3] and not old.notes
 
 
+def test_hash_seed_following_the_seed_is_one_row() -> None:
+    """bloom_hashes with 5 seeds was 5 rows of n = 1 per family: the label listed the hash seed,
+    which follows the run seed, as if it were a setting. Now one row per family, n = 3."""
+    rows = [
+        run("bloom", s, 0.5 + s / 100, cfg={"method.hash_seed": str(s), "method.hash_family": fam},
+            knobs=json.dumps({"hash_family": fam, "hash_seed": str(s)}))
+        for fam in ("md5", "sha1") for s in range(3)
+    ]  # fmt: skip
+    rep = report(rows)
+    assert sorted(rep.aggregated["n"].tolist()) == [3, 3]
+    labels = [r["label"] for r in rep.tables[0].rows]
+    assert labels == ["bloom (hash_family=md5)", "bloom (hash_family=sha1)"]
+
+
 def test_a_seed_counts_once_per_cell() -> None:
     """Two runs of one cell and seed (e.g. recorded under two presets): the latest counts."""
     rows = [run("full", 0, 0.1), run("full", 1, 0.3), {**run("full", 1, 0.5), "run_id": "later",
