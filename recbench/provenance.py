@@ -8,9 +8,10 @@ records the tags below (and ``metrics.json`` their values); resume matches ``cod
   the package folder's parent is the checkout's top level, so a venv inside some other repository is
   not mistaken for it). "Dirty" means uncommitted changes (tracked or untracked, not ignored) in
   what a run executes: ``recbench/``, ``conf/`` and ``pyproject.toml``; edits to docs or tests do not
-  count.
+  count, nor do files under ``conf/tuned/``: a tuning sweep writes them (like outputs) while other
+  runs go on, and a run that uses one records its values in its resolved configuration.
 * ``code_hash``: sha256 over the bytes of every ``*.py`` under ``recbench/`` and ``*.yaml`` under
-  ``conf/`` (sorted by path), first 16 hex digits.
+  ``conf/`` (sorted by path, ``conf/tuned/`` excluded), first 16 hex digits.
 * ``code_identity``: ``git-<commit>`` for a clean checkout; ``git-<commit>-dirty-<code_hash>`` for a
   dirty one (never reused by resume, see ``reusable``); ``src-<code_hash>`` outside git (an installed
   package: byte-identical code is the same code). ``RECBENCH_CODE_ID`` overrides it (e.g. a container
@@ -29,6 +30,8 @@ import recbench
 
 PACKAGE_DIR = Path(recbench.__file__).resolve().parent
 CODE_PATHS = ("recbench", "conf", "pyproject.toml")
+#: Written by tuning sweeps; their values reach a run only through its (recorded) resolved config.
+GENERATED = "conf/tuned"
 ENV_OVERRIDE = "RECBENCH_CODE_ID"
 
 
@@ -48,7 +51,7 @@ def code_hash(root: Path) -> str:
     digest = hashlib.sha256()
     files = sorted((root / "recbench").rglob("*.py")) + sorted((root / "conf").rglob("*.yaml"))
     for path in files:
-        if "__pycache__" in path.parts:
+        if "__pycache__" in path.parts or path.relative_to(root).as_posix().startswith(GENERATED + "/"):
             continue
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         try:
@@ -71,7 +74,10 @@ def describe(root: Path) -> dict[str, str]:
     top = _git(root, "rev-parse", "--show-toplevel")
     commit = _git(root, "rev-parse", "HEAD") if top and Path(top).resolve() == root else None
     if commit:
-        status = _git(root, "status", "--porcelain", "--untracked-files=normal", "--", *CODE_PATHS)
+        status = _git(
+            root, "status", "--porcelain", "--untracked-files=normal", "--", *CODE_PATHS,
+            f":(exclude){GENERATED}",
+        )
         dirty = status is None or bool(status)
         info["git_commit"] = commit
         info["git_dirty"] = "true" if dirty else "false"

@@ -49,6 +49,10 @@ def test_clean_dirty_and_untracked(tree: Path, monkeypatch: pytest.MonkeyPatch) 
     assert dirty["git_dirty"] == "true" and not provenance.reusable(dirty)
     assert dirty["code_identity"].startswith(f"git-{commit}-dirty-")
     git(tree, "checkout", "--", "recbench/a.py")
+    (tree / "conf" / "tuned").mkdir()  # written by tuning sweeps while runs go on: not code
+    (tree / "conf" / "tuned" / "d_m_full.yaml").write_text("train:\n  lr: 0.01\n")
+    after_tuning = provenance.describe(tree)
+    assert after_tuning["git_dirty"] == "false" and after_tuning["code_hash"] == clean["code_hash"]
     (tree / "recbench" / "new.py").write_text("y = 1\n")  # untracked code counts
     assert provenance.describe(tree)["git_dirty"] == "true"
 
