@@ -77,13 +77,17 @@ def hash_seed_choices(cfgs: Sequence[dict[str, str]], seeds: Sequence[str]) -> l
     return out
 
 
-def reference_key(cfg: dict[str, str] | None) -> str:
+def reference_key(cfg: dict[str, str] | None, free: Sequence[str] = ()) -> str:
     """Hash of a cell's config without the method's keys: a compressed cell is compared with the
-    full-model cell that has the same reference key (same data, backbone, training, evaluation)."""
+    full-model cell that has the same reference key (same data, backbone, training, evaluation).
+
+    ``free``: further keys (or prefixes such as ``train``) left out, for comparisons where each
+    method was tuned on its own (``--reference-free train``: each at its own tuned training)."""
     if cfg is None:
         return ""
+    dropped = (*METHOD_KEYS, *free)
     return digest({
-        k: v for k, v in cfg.items() if not any(k == m or k.startswith(m + ".") for m in METHOD_KEYS)
+        k: v for k, v in cfg.items() if not any(k == m or k.startswith(m + ".") for m in dropped)
     })  # fmt: skip
 
 

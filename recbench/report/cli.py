@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, metavar="FRACTION",
                         help="non-inferiority margin of the `*` mark ('reaches full'), as a "
                              f"fraction of the full model's mean (default {DEFAULT_MARGIN:g})")
+    parser.add_argument("--reference-free", default="", metavar="KEY,...",
+                        help="config keys or prefixes a compressed cell may differ in from the full "
+                             "model it is compared with, for methods tuned on their own, e.g. "
+                             "--reference-free train (default: none; identical settings)")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
     parser.add_argument("--no-mlflow", action="store_true",
                         help=f"do not log the report to the MLflow experiment '{REPORT_EXPERIMENT}'")
@@ -115,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) / name
     out.mkdir(parents=True, exist_ok=True)
 
-    report = make_report(runs, args.margin)
+    free = [k.strip() for k in args.reference_free.split(",") if k.strip()]
+    report = make_report(runs, args.margin, free)
     written = write_tables(report, out)
     notes: list[str] = []
     if not args.no_plots:

@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from recbench.tracking import FOLLOWS_SEED, is_hash_seed
-from recbench.report.cells import assign_cells
+from recbench.report.cells import assign_cells, parse_config, reference_key
 from recbench.report.stats import (
     ALPHA,
     BEATS,
@@ -708,14 +708,26 @@ class Report:
     margin: float = DEFAULT_MARGIN
 
 
-def make_report(runs: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> Report:
+def make_report(
+    runs: pd.DataFrame, margin: float = DEFAULT_MARGIN, reference_free: Sequence[str] = ()
+) -> Report:
     """Loaded runs -> labelled, skips resolved, de-duplicated, split into cells, aggregated,
-    compared with the full model, tabulated."""
+    compared with the full model, tabulated. ``reference_free``: config keys (or prefixes) a
+    compressed cell may differ in from its full reference (``cells.reference_key``)."""
     labelled = add_labels(runs)
     labelled, skipped, stood = resolve_skipped(labelled)
     finished, unfinished = split_status(labelled)
     finished, duplicates = drop_duplicates(finished)
     members, notes = assign_cells(pd.concat([finished, unfinished]), LABEL_KEYS)
+    if reference_free and not members.empty:
+        members["ref_key"] = [
+            reference_key(parse_config(c), reference_free) if parse_config(c) is not None else k
+            for c, k in zip(members.get("config", pd.Series("", index=members.index)), members["ref_key"])
+        ]
+        notes.append(
+            "each compressed cell is compared with the full model at the same settings except "
+            f"{', '.join(reference_free)} (--reference-free: methods tuned on their own)"
+        )
     done = members["status"] == "FINISHED" if not members.empty else pd.Series(dtype=bool)
     fin_members, seed_dups = drop_seed_duplicates(members[done])
     unf_members = members[~done]

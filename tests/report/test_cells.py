@@ -103,6 +103,21 @@ def test_hash_seed_follows_or_fixed() -> None:
     assert old.aggregated["n"].tolist() == [3] and not old.notes
 
 
+def test_reference_free_compares_methods_tuned_on_their_own() -> None:
+    """Per-method tuning gives each method its own lr: by default no full cell shares its
+    settings; with reference_free=["train"] the full model at its own tuned lr is the reference."""
+    rows = [run("full", s, 0.50 + s / 100) for s in range(3)]
+    rows += [run("dpq", s, 0.60 + s / 100, cfg={"train.lr": "0.01"}) for s in range(3)]
+    strict = report(rows).aggregated.set_index("method")
+    assert strict.loc["dpq", "test/hr_at_10 n_paired"] == 0
+    free = make_report(to_frame(rows), reference_free=["train"])
+    agg = free.aggregated.set_index("method")
+    assert agg.loc["dpq", "test/hr_at_10 n_paired"] == 3
+    assert agg.loc["dpq", "test/hr_at_10 diff"] == pytest.approx(0.10)
+    assert agg.loc["dpq", "test/hr_at_10 beats_full"]
+    assert any("--reference-free" in note for note in free.notes)
+
+
 def test_hash_seed_following_the_seed_is_one_row() -> None:
     """bloom_hashes with 5 seeds was 5 rows of n = 1 per family: the label listed the hash seed,
     which follows the run seed, as if it were a setting. Now one row per family, n = 3."""
