@@ -299,7 +299,8 @@ def _train_and_evaluate(
     if with_test and data.task != "rating" and cfg.eval.popularity_baseline:
         popular = parts.evaluator.popularity(data.item_counts, "test")
         metrics.update({f"popularity/{k}": v for k, v in popular.items()})
-    metrics.update(model_size(model).as_metrics())  # after training: CCE and PEP change their size
+    # after training (CCE and PEP change their size), still against the full model at reference_dim
+    metrics.update(model_size(model, size.full_bits, reference_dim).as_metrics())
     torch.save(model.state_dict(), run_dir / "model.pt")
     if with_test and cfg.eval.serving_artifact:
         metrics.update(_export_serving(cfg, model, data, parts, run_dir, tracker))

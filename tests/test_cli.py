@@ -87,6 +87,19 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
     assert_mlflow_browsable(client, run)
 
 
+def test_recorded_size_is_against_the_reference_dimension(tmp_path: Path) -> None:
+    """A full GMF at d = 16 records about 25 % of the d = 64 full model, not 100 % (issue 13)."""
+    proc = run_cli([*TINY, "model.embedding_dim=16", "tracking=none", "eval.popularity_baseline=false",
+                    "eval.serving_artifact=false"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    m, ids = record["metrics"], record["data"]["users"] + record["data"]["items"]
+    assert m["size/serving_bits"] == 32 * (ids * 16 + 17)  # tables + GMF's output layer (d + 1)
+    assert m["size/full_bits"] == 32 * (ids * 64 + 65) and m["size/reference_dim"] == 64
+    assert m["size/fraction_of_full"] == pytest.approx(0.25, abs=0.005)
+    assert "25." in proc.stdout and "of the full float32 model at d = 64" in proc.stdout
+
+
 def assert_mlflow_browsable(client: Any, run: Any) -> None:
     """What the MLflow UI shows (issue 15): an informative name, clean params with the chosen
     options, per-epoch validation curves and the best epoch as best/*, MLflow's own source tags,
