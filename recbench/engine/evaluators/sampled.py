@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from recbench.data.prepared import PreparedData
+from recbench.engine.evaluators.metrics import metrics_from_ranks, ranks_of_targets
 from recbench.errors import ConfigError, DataError
-from recbench.evaluation import metrics_from_ranks, ranks_of_targets
 
 log = logging.getLogger(__name__)
 
