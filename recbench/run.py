@@ -110,7 +110,8 @@ def run_name(cfg: DictConfig, identity: dict[str, str]) -> str:
     elif HydraConfig.initialized():
         for override in HydraConfig.get().overrides.task:
             key, _, value = override.lstrip("+~").partition("=")
-            if key.startswith(("method.", "user_method.")) and value and record.is_knob(key.split(".", 1)[1]):
+            plumbing = any(part in record.HYDRA_PLUMBING for part in key.split("."))
+            if key.startswith(("method.", "user_method.")) and value and not plumbing:
                 parts.append(f"{key.split('.', 1)[1]}{value}"[:24])
     parts += [f"s{cfg.seed}", secrets.token_hex(2)]
     return "-".join(parts)
@@ -201,7 +202,8 @@ def _skip(twin: Twin, identity: dict[str, str], run_dir: Path) -> dict[str, Any]
     else:
         log.info("skipping: run %s (%s) is training this configuration right now", twin.run_id, twin.run_dir)
         note = f"recbench: skipped, identical run {twin.run_id} is RUNNING in another process ({twin.run_dir})"
-    _write_json(run_dir / record.METRICS_FILE, {"status": "SKIPPED", "same_as": twin.as_dict(), **identity})
+    skipped = {"status": "SKIPPED", "same_as": twin.as_dict(), **identity}
+    _write_json(run_dir / record.METRICS_FILE, skipped)
     print(note, flush=True)
     return {"status": "SKIPPED", **twin.metrics}
 
@@ -224,7 +226,10 @@ def _record_end(
     else:
         status = "FAILED"
         message = str(exc) if isinstance(exc, RecbenchError) else f"{type(exc).__name__}: {exc}"
-    payload = {"status": status, "error": message, **identity, "epochs_done": epochs, "history": progress.history}
+    payload = {
+        "status": status, "error": message, **identity, "epochs_done": epochs,
+        "history": progress.history,
+    }  # fmt: skip
     try:
         _write_json(run_dir / record.METRICS_FILE, payload)
         (run_dir / record.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -411,7 +416,9 @@ def _print_summary(
     keys = [k for k in metrics if record.parse_metric(k).prefix == record.TEST] or [
         k for k in metrics if record.parse_metric(k).prefix == record.BEST
     ]
-    baseline = {k: metrics.get(record.key(record.POPULARITY, record.parse_metric(k).name)) for k in keys}
+    baseline = {
+        k: metrics.get(record.key(record.POPULARITY, record.parse_metric(k).name)) for k in keys
+    }
     has_baseline = all(v is not None for v in baseline.values()) and bool(keys)
     bits = int(metrics["size/serving_bits"])
     fraction = 100 * metrics["size/fraction_of_full"]
@@ -428,11 +435,12 @@ def _print_summary(
         )
         return
     width = max([10, *(len(record.metric_label(k)) + 2 for k in keys)])
+    model_row = "model" if head and record.parse_metric(head).prefix == record.TEST else "model (val)"
     lines = [
         f"recbench: {name} / seed {cfg.seed}: {data.num_users:,} users, {data.num_items:,} items, "
         f"task {data.task}",
         "  " + " " * 12 + "".join(f"{record.metric_label(k):>{width}}" for k in keys),
-        "  " + f"{'model' if head and record.parse_metric(head).prefix == record.TEST else 'model (val)':<12}" + "".join(f"{metrics[k]:>{width}.4f}" for k in keys),
+        "  " + f"{model_row:<12}" + "".join(f"{metrics[k]:>{width}.4f}" for k in keys),
     ]
     if has_baseline:
         lines.append("  " + f"{'popularity':<12}" + "".join(f"{baseline[k]:>{width}.4f}" for k in keys))
@@ -457,7 +465,8 @@ def _print_summary(
         + (f"; test eval {metrics['time/test_eval_seconds']:.2f}s" if "time/test_eval_seconds" in metrics else ""),
     ]
     if run_dir is not None:
-        lines.append(f"  saved       {run_dir}/ ({record.METRICS_FILE}, {record.CONFIG_FILE}, serving/)")
+        saved = f"{record.METRICS_FILE}, {record.CONFIG_FILE}, serving/"
+        lines.append(f"  saved       {run_dir}/ ({saved})")
     print("\n".join(lines), flush=True)
 
 
@@ -482,7 +491,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     except Interrupted as exc:
         detail = getattr(exc, "detail", str(exc))
         print(
-            f"recbench: {detail}; recorded KILLED (history so far in {run_dir / record.METRICS_FILE}); "
+            f"recbench: {detail}; recorded KILLED "
+            f"(history so far in {run_dir / record.METRICS_FILE}); "
             "rerun the same command to train it",
             file=sys.stderr, flush=True,
         )  # fmt: skip

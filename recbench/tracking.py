@@ -109,8 +109,8 @@ def is_hash_seed(key: str) -> bool:
 
 def cell_config(flat: Mapping[str, Any]) -> dict[str, str]:
     """The part of a flattened config that decides which runs are seeds of one result: every key
-    but ``record.CELL_EXCLUDED``, Hydra's plumbing and the option labels (``LABEL_PARAMS``), as text (so
-    MLflow params, which omit the plumbing, and config.yaml give the same dict)."""
+    but ``record.CELL_EXCLUDED``, Hydra's plumbing and the option labels (``LABEL_PARAMS``), as
+    text (so MLflow params, which omit the plumbing, and config.yaml give the same dict)."""
     return {
         k: param_text(v)
         for k, v in flat.items()

@@ -294,3 +294,38 @@ def test_compiled_loss_trains_like_the_eager_one() -> None:
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     assert eager_losses[-1] < eager_losses[0]  # it trained
     torch.testing.assert_close(compiled_table, eager_table, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sampler_cls", "ranking"),
+    [
+        (["model=gmf"], "PairSampler", True),
+        (["model=gmf", "eval.protocol=sampled"], "PairSampler", True),
+        (["model=gmf", "train.loss=sampled_softmax"], "PairSampler", True),
+        (["model=sasrec"], "SequenceSampler", True),
+        (["model=dot_bias"], "RatingSampler", False),
+    ],
+)
+def test_every_task_gives_a_sampler_and_an_evaluator_of_the_contracts(
+    overrides: list[str], sampler_cls: str, ranking: bool, tmp_path
+) -> None:
+    """The loop and the entry point see samplers and evaluators only through the protocols of
+    ``recbench.engine.contracts``: every task's pair satisfies them, the ranking protocols (full
+    and sampled) also ``RankingEvaluation``, and a sampler's batches are ``Batch``es."""
+    from hydra import compose, initialize_config_dir
+
+    from recbench.assembly import load_data
+    from recbench.engine.contracts import Evaluator, RankingEvaluation, Sampler
+    from recbench.tasks import build_task
+    from tests.conftest import CONF
+
+    tiny = ["dataset.loader.num_users=40", "dataset.loader.num_items=30",
+            "dataset.loader.events_per_user=8", f"eval.negatives_dir={tmp_path}", "eval.num_sampled=5"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*tiny, *overrides])
+    parts = build_task(load_data(cfg), cfg, torch.device("cpu"))
+    assert type(parts.sampler).__name__ == sampler_cls
+    assert isinstance(parts.sampler, Sampler) and isinstance(parts.evaluator, Evaluator)
+    assert isinstance(parts.evaluator, RankingEvaluation) == ranking
+    batch = next(iter(parts.sampler.epoch(torch.Generator().manual_seed(0))))
+    assert isinstance(batch, Batch) and len(parts.sampler) >= 1

@@ -44,6 +44,7 @@ class Batch:
         return n * per
 
 
+@runtime_checkable
 class Sampler(Protocol):
     """Turns a task's training data into the batches of one epoch (a fresh order per epoch)."""
 
@@ -56,6 +57,7 @@ class Sampler(Protocol):
         ...
 
 
+@runtime_checkable
 class Evaluator(Protocol):
     """Scores a model on one part of the held-out data."""
 

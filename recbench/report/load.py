@@ -43,8 +43,8 @@ REPORT_EXPERIMENT = "recbench-reports"
 #: recorded), ``config_hint`` the same from Hydra's unresolved config of a run folder that did not
 #: finish (labels only); ``same_as`` the run a SKIPPED run folder duplicates (run id or folder).
 COLUMNS = (
-    "run_id", "run_name", "store_experiment", "status", "error", "start_time", *record.REPORT_TAGS, "knobs",
-    "config", "config_hint", "same_as",
+    "run_id", "run_name", "store_experiment", "status", "error", "start_time", *record.REPORT_TAGS,
+    "knobs", "config", "config_hint", "same_as",
 )  # fmt: skip
 
 

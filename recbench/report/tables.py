@@ -99,7 +99,8 @@ def metric_specs(kind: str, columns: Sequence[str]) -> list[MetricSpec]:
         names = [record.metric_name("rmse"), record.metric_name("mae")]
     else:
         parsed = [record.parse_metric(c) for c in columns]
-        ks = sorted(m.k for m in parsed if m.prefix == record.TEST and m.base == "hr" and m.k is not None)
+        hr_at = [m for m in parsed if m.prefix == record.TEST and m.base == "hr"]
+        ks = sorted(m.k for m in hr_at if m.k is not None)
         k = 10 if (10 in ks or not ks) else ks[0]
         names = [record.metric_name("hr", k), record.metric_name("ndcg", k)]
     specs = []

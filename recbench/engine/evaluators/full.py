@@ -42,7 +42,8 @@ class RankingTargets:
 
 
 class RankingEvaluator:
-    """Full-ranking evaluation of one part ("valid" or "test"), batched over users.
+    """Full-ranking evaluation of one part ("valid" or "test"), batched over users; a
+    ``contracts.RankingEvaluation``.
 
     ``context_of(users, part)`` turns user ids into the model's context (the ids themselves for
     collaborative-filtering models, the input sequences for sequential models).

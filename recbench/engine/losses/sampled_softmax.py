@@ -19,7 +19,8 @@ shared by all its positions (one ``(B L) x S`` product), the classic estimator o
 With every item as a candidate and uniform ``q`` the loss is exactly the full softmax
 cross-entropy (``tests/test_sampled_softmax.py``). The candidates are drawn by the sampler with the
 epoch's generator (``samplers.shared.SharedNegatives.draw``, one call per epoch) and travel in
-``Batch.candidates``, so runs are reproducible by seed and the loss stays a pure function of the model and the batch.
+``Batch.candidates``, so runs are reproducible by seed and the loss stays a pure function of the
+model and the batch.
 """
 
 from __future__ import annotations
