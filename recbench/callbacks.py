@@ -12,6 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from recbench.record import HYDRA_DIR, METRICS_FILE
+
 #: Statuses of a run folder that mean the configuration is done (SKIPPED: a twin FINISHED or is
 #: being trained by another live process).
 OK_STATUSES = ("FINISHED", "SKIPPED")
@@ -23,12 +25,12 @@ def sweep_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """The ``metrics.json`` of every run folder under a sweep directory (status, error, tags); a
     folder whose run died before recording anything is reported as NO_RECORD."""
     records = []
-    for folder in sorted(p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()):
-        path = folder / "metrics.json"
+    for folder in sorted(p for p in Path(sweep_dir).iterdir() if (p / HYDRA_DIR).is_dir()):
+        path = folder / METRICS_FILE
         try:
             record = json.loads(path.read_text())
         except FileNotFoundError:
-            record = {"status": "NO_RECORD", "error": f"no metrics.json; see {folder}"}
+            record = {"status": "NO_RECORD", "error": f"no {METRICS_FILE}; see {folder}"}
         except (OSError, json.JSONDecodeError):
             record = {"status": "UNREADABLE", "error": f"cannot read {path}"}
         record["run_dir"] = str(folder)

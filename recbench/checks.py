@@ -269,7 +269,7 @@ def check_method(node: DictConfig, where: str, embedding_dim: int) -> None:
 def check_run_config(cfg: DictConfig) -> None:
     """Everything that can be checked without data; raises ConfigError."""
     from recbench.data.interactions import check_tie_break
-    from recbench.training import check_loss
+    from recbench.engine.losses import check_loss
 
     check_schema_keys(cfg)
     check_target_keys(cfg.model, "model")
@@ -277,7 +277,7 @@ def check_run_config(cfg: DictConfig) -> None:
     model_cls.check_task(cfg.task)
     check_loss(cfg.task, cfg.train.loss)
     if cfg.train.loss == "sampled_softmax":
-        from recbench.sampled_softmax import check_options
+        from recbench.engine.samplers.shared import check_options
 
         check_options(cfg.train.num_sampled, cfg.train.sampled_distribution)
     dim = int(cfg.model.get("embedding_dim", 64))

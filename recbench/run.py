@@ -2,7 +2,7 @@
 
 One call trains one (dataset x backbone x compression method x size) combination; ``-m`` sweeps.
 Everything a run writes goes to its Hydra folder under outputs/ (metrics.json, config.yaml, the
-log) and, unless ``tracking=none``, to MLflow.
+log; names and keys: ``recbench.record``) and, unless ``tracking=none``, to MLflow.
 """
 
 from __future__ import annotations
@@ -27,18 +27,28 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import recbench.config  # noqa: F401 - registers the schema with Hydra
-from recbench import callbacks, provenance
+from recbench import callbacks, provenance, record
 from recbench.assembly import build, build_model, load_data, seed_everything
 from recbench.checks import check_data_fit, check_run_config, preflight
 from recbench.data.prepared import PreparedData
 from recbench.embeddings.base import embedding_layers
+from recbench.engine.contracts import RankingEvaluation
+from recbench.engine.device import resolve_device
+from recbench.engine.loop import FitOptions, fit
 from recbench.errors import RecbenchError
 from recbench.interrupts import Interrupted, as_interrupted, signals_deferred, signals_raise
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size, reference_bits
-from recbench.tasks import build_task
-from recbench.tracking import StoreError, Twin, cell_hash, config_hash, make_tracker, run_params
-from recbench.training import fit, resolve_device
+from recbench.tasks import TaskParts, build_task
+from recbench.tracking import (
+    StoreError,
+    Tracker,
+    Twin,
+    cell_hash,
+    config_hash,
+    make_tracker,
+    run_params,
+)
 from recbench.tuning import is_optuna_sweep, objective
 
 log = logging.getLogger("recbench")
@@ -100,7 +110,8 @@ def run_name(cfg: DictConfig, identity: dict[str, str]) -> str:
     elif HydraConfig.initialized():
         for override in HydraConfig.get().overrides.task:
             key, _, value = override.lstrip("+~").partition("=")
-            if key.startswith(("method.", "user_method.")) and value and "_target_" not in key:
+            plumbing = any(part in record.HYDRA_PLUMBING for part in key.split("."))
+            if key.startswith(("method.", "user_method.")) and value and not plumbing:
                 parts.append(f"{key.split('.', 1)[1]}{value}"[:24])
     parts += [f"s{cfg.seed}", secrets.token_hex(2)]
     return "-".join(parts)
@@ -191,7 +202,8 @@ def _skip(twin: Twin, identity: dict[str, str], run_dir: Path) -> dict[str, Any]
     else:
         log.info("skipping: run %s (%s) is training this configuration right now", twin.run_id, twin.run_dir)
         note = f"recbench: skipped, identical run {twin.run_id} is RUNNING in another process ({twin.run_dir})"
-    _write_json(run_dir / "metrics.json", {"status": "SKIPPED", "same_as": twin.as_dict(), **identity})
+    skipped = {"status": "SKIPPED", "same_as": twin.as_dict(), **identity}
+    _write_json(run_dir / record.METRICS_FILE, skipped)
     print(note, flush=True)
     return {"status": "SKIPPED", **twin.metrics}
 
@@ -202,7 +214,7 @@ def _record_end(
     interrupted: Interrupted | None,
     identity: dict[str, str],
     progress: Progress,
-    tracker: Any,
+    tracker: Tracker,
     run_dir: Path,
 ) -> None:
     """Write metrics.json (with the history so far) and end the MLflow run FAILED or KILLED."""
@@ -214,12 +226,15 @@ def _record_end(
     else:
         status = "FAILED"
         message = str(exc) if isinstance(exc, RecbenchError) else f"{type(exc).__name__}: {exc}"
-    record = {"status": status, "error": message, **identity, "epochs_done": epochs, "history": progress.history}
+    payload = {
+        "status": status, "error": message, **identity, "epochs_done": epochs,
+        "history": progress.history,
+    }  # fmt: skip
     try:
-        _write_json(run_dir / "metrics.json", record)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        _write_json(run_dir / record.METRICS_FILE, payload)
+        (run_dir / record.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     except OSError as err:
-        log.error("could not write %s: %s", run_dir / "metrics.json", err)
+        log.error("could not write %s: %s", run_dir / record.METRICS_FILE, err)
     try:
         tracker.finish(status, error=message)
     except Exception as err:  # noqa: BLE001 - never hide the original error behind the store's
@@ -229,7 +244,7 @@ def _record_end(
 def _train_and_evaluate(
     cfg: DictConfig,
     device: torch.device,
-    tracker: Any,
+    tracker: Tracker,
     run_dir: Path,
     started: float,
     progress: Progress | None = None,
@@ -267,9 +282,7 @@ def _train_and_evaluate(
     def validate() -> dict[str, float]:
         return parts.evaluator.evaluate(model, "valid")
 
-    result = fit(
-        model,
-        parts.sampler,
+    options = FitOptions(
         loss=cfg.train.loss,
         epochs=cfg.train.epochs,
         lr=cfg.train.lr,
@@ -277,12 +290,17 @@ def _train_and_evaluate(
         patience=cfg.train.patience,
         min_epochs=cfg.train.min_epochs,
         monitor=parts.monitor if parts.has_validation else None,
-        validate=validate if parts.has_validation else None,
-        on_epoch=lambda epoch, row: _on_epoch(tracker, progress, epoch, row),
         seed=cfg.seed,
         progress=cfg.train.progress and not parallel_launcher(),
         sparse=cfg.train.sparse,
         compile=cfg.train.compile,
+    )
+    result = fit(
+        model,
+        parts.sampler,
+        options,
+        validate=validate if parts.has_validation else None,
+        on_epoch=lambda epoch, row: _on_epoch(tracker, progress, epoch, row),
     )
 
     # eval.test=false (tuning): the test split is neither evaluated nor recorded, nor is anything
@@ -293,15 +311,17 @@ def _train_and_evaluate(
         eval_started = time.perf_counter()
         test = parts.evaluator.evaluate(model, "test")
         metrics["time/test_eval_seconds"] = time.perf_counter() - eval_started
-        metrics.update({f"test/{k}": v for k, v in test.items()})
+        metrics.update({record.key(record.TEST, k): v for k, v in test.items()})
     if parts.has_validation:  # the restored best epoch; val/* stays the per-epoch curve
-        metrics.update({f"best/{k}": v for k, v in parts.evaluator.evaluate(model, "valid").items()})
-    if with_test and data.task != "rating" and cfg.eval.popularity_baseline:
+        best = parts.evaluator.evaluate(model, "valid")
+        metrics.update({record.key(record.BEST, k): v for k, v in best.items()})
+    ranking = isinstance(parts.evaluator, RankingEvaluation)  # rating tasks have no baseline
+    if with_test and ranking and cfg.eval.popularity_baseline:
         popular = parts.evaluator.popularity(data.item_counts, "test")
-        metrics.update({f"popularity/{k}": v for k, v in popular.items()})
+        metrics.update({record.key(record.POPULARITY, k): v for k, v in popular.items()})
     # after training (CCE and PEP change their size), still against the full model at reference_dim
     metrics.update(model_size(model, size.full_bits, reference_dim).as_metrics())
-    torch.save(model.state_dict(), run_dir / "model.pt")
+    torch.save(model.state_dict(), run_dir / record.MODEL_FILE)
     if with_test and cfg.eval.serving_artifact:
         metrics.update(_export_serving(cfg, model, data, parts, run_dir, tracker))
     metrics.update(
@@ -316,7 +336,7 @@ def _train_and_evaluate(
     )
     tracker.log_metrics(metrics)
 
-    record = {
+    payload = {
         "status": "FINISHED",
         **run_identity(cfg),
         "data": data.summary(),
@@ -326,15 +346,15 @@ def _train_and_evaluate(
         "metrics": metrics,
         "history": result.history,
     }
-    _write_json(run_dir / "metrics.json", record)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tracker.log_artifact(run_dir / "metrics.json")
-    tracker.log_artifact(run_dir / "config.yaml")
+    _write_json(run_dir / record.METRICS_FILE, payload)
+    (run_dir / record.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tracker.log_artifact(run_dir / record.METRICS_FILE)
+    tracker.log_artifact(run_dir / record.CONFIG_FILE)
     _print_summary(cfg, data, metrics, run_dir)
     return metrics
 
 
-def _log_dataset(cfg: DictConfig, data: PreparedData, tracker: Any) -> None:
+def _log_dataset(cfg: DictConfig, data: PreparedData, tracker: Tracker) -> None:
     """The prepared data as the run's input: digest = sha256 of the split's summary and of the
     dataset config that produced it (same data, same digest), source = the file or generator."""
     summary = data.summary()
@@ -348,7 +368,7 @@ def _log_dataset(cfg: DictConfig, data: PreparedData, tracker: Any) -> None:
     tracker.log_dataset(str(cfg.dataset.name), hashlib.sha256(payload.encode()).hexdigest(), source, summary)
 
 
-def _on_epoch(tracker: Any, progress: Progress, epoch: int, row: dict[str, Any]) -> None:
+def _on_epoch(tracker: Tracker, progress: Progress, epoch: int, row: dict[str, Any]) -> None:
     """Per epoch: log the metrics, refresh the heartbeat, keep the history for a stopped run."""
     progress.history.append({"epoch": epoch, **{k: v for k, v in row.items() if k != "epoch"}})
     tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -356,7 +376,12 @@ def _on_epoch(tracker: Any, progress: Progress, epoch: int, row: dict[str, Any])
 
 
 def _export_serving(
-    cfg: DictConfig, model: Recommender, data: PreparedData, parts: Any, run_dir: Path, tracker: Any
+    cfg: DictConfig,
+    model: Recommender,
+    data: PreparedData,
+    parts: TaskParts,
+    run_dir: Path,
+    tracker: Tracker,
 ) -> dict[str, float]:
     """Write the serving artifact, check that it alone reproduces the scores, log it."""
     from recbench import serving
@@ -378,11 +403,6 @@ def _export_serving(
     return out
 
 
-def _metric_label(key: str) -> str:
-    """``test/hr_at_10`` -> ``HR@10`` (the papers' names)."""
-    return key.split("/", 1)[1].replace("_at_", "@").upper()
-
-
 def _print_summary(
     cfg: DictConfig, data: PreparedData, metrics: dict[str, Any], run_dir: Path | None = None
 ) -> None:
@@ -394,15 +414,19 @@ def _print_summary(
         f" (users: {ident['user_method']})" if ident["user_method"] else ""
     )
     # a tuning trial (eval.test=false) has no test metrics: show its validation result instead
-    keys = [k for k in metrics if k.startswith("test/")] or [k for k in metrics if k.startswith("best/")]
-    baseline = {k: metrics.get("popularity/" + k.split("/", 1)[1]) for k in keys}
+    keys = [k for k in metrics if record.parse_metric(k).prefix == record.TEST] or [
+        k for k in metrics if record.parse_metric(k).prefix == record.BEST
+    ]
+    baseline = {
+        k: metrics.get(record.key(record.POPULARITY, record.parse_metric(k).name)) for k in keys
+    }
     has_baseline = all(v is not None for v in baseline.values()) and bool(keys)
     bits = int(metrics["size/serving_bits"])
     fraction = 100 * metrics["size/fraction_of_full"]
     epochs_run, best = int(metrics["fit/epochs_run"]), int(metrics["fit/best_epoch"])
     head = keys[0] if keys else None
     if parallel_launcher():
-        result = f"{_metric_label(head)} {metrics[head]:.4f}" if head else "no test metric"
+        result = f"{record.metric_label(head)} {metrics[head]:.4f}" if head else "no test metric"
         if head and has_baseline:
             result += f" (popularity {baseline[head]:.4f})"
         print(
@@ -411,12 +435,13 @@ def _print_summary(
             flush=True,
         )
         return
-    width = max([10, *(len(_metric_label(k)) + 2 for k in keys)])
+    width = max([10, *(len(record.metric_label(k)) + 2 for k in keys)])
+    model_row = "model" if head and record.parse_metric(head).prefix == record.TEST else "model (val)"
     lines = [
         f"recbench: {name} / seed {cfg.seed}: {data.num_users:,} users, {data.num_items:,} items, "
         f"task {data.task}",
-        "  " + " " * 12 + "".join(f"{_metric_label(k):>{width}}" for k in keys),
-        "  " + f"{'model' if head and head.startswith('test/') else 'model (val)':<12}" + "".join(f"{metrics[k]:>{width}.4f}" for k in keys),
+        "  " + " " * 12 + "".join(f"{record.metric_label(k):>{width}}" for k in keys),
+        "  " + f"{model_row:<12}" + "".join(f"{metrics[k]:>{width}.4f}" for k in keys),
     ]
     if has_baseline:
         lines.append("  " + f"{'popularity':<12}" + "".join(f"{baseline[k]:>{width}.4f}" for k in keys))
@@ -424,7 +449,7 @@ def _print_summary(
         ratio = f"{model_value / pop_value:.1f}x" if pop_value > 0 else "n/a"
         verdict = "beats" if model_value > pop_value else "does NOT beat"
         lines.append(
-            f"  -> the model {verdict} the popularity baseline: {_metric_label(head)} "
+            f"  -> the model {verdict} the popularity baseline: {record.metric_label(head)} "
             f"{model_value:.4f} vs {pop_value:.4f} ({ratio})"
             + ("" if model_value > pop_value else "; train longer or tune train.lr / train.epochs")
         )
@@ -441,7 +466,8 @@ def _print_summary(
         + (f"; test eval {metrics['time/test_eval_seconds']:.2f}s" if "time/test_eval_seconds" in metrics else ""),
     ]
     if run_dir is not None:
-        lines.append(f"  saved       {run_dir}/ (metrics.json, config.yaml, serving/)")
+        saved = f"{record.METRICS_FILE}, {record.CONFIG_FILE}, serving/"
+        lines.append(f"  saved       {run_dir}/ ({saved})")
     print("\n".join(lines), flush=True)
 
 
@@ -466,7 +492,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     except Interrupted as exc:
         detail = getattr(exc, "detail", str(exc))
         print(
-            f"recbench: {detail}; recorded KILLED (history so far in {run_dir / 'metrics.json'}); "
+            f"recbench: {detail}; recorded KILLED "
+            f"(history so far in {run_dir / record.METRICS_FILE}); "
             "rerun the same command to train it",
             file=sys.stderr, flush=True,
         )  # fmt: skip
@@ -482,7 +509,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
     except Exception as exc:
         if not multirun:
             raise
-        (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        (run_dir / record.TRACEBACK_FILE).write_text(traceback.format_exc())
         print(f"recbench: run failed: {type(exc).__name__}: {exc} (traceback in {run_dir})", file=sys.stderr)
         return {"status": "FAILED", "error": f"{type(exc).__name__}: {exc}"}
 

@@ -2,9 +2,9 @@
 
 A task is "rating" (random split, MSE, RMSE/MAE), "ranking" (leave-last-two-out, sampled
 negatives, full ranking with training items excluded) or "sequential" (the same protocol, with the
-user's item sequence as the model's context, ``recbench.sequential``). Ranking and sequential tasks
-are evaluated by full ranking (``eval.protocol=full``) or against saved sampled negatives
-(``eval.protocol=sampled``, ``recbench.sampled``).
+user's item sequence as the model's context, ``recbench.engine.samplers.sequences``). Ranking and
+sequential tasks are evaluated by full ranking (``eval.protocol=full``) or against saved sampled
+negatives (``eval.protocol=sampled``, ``recbench.engine.evaluators.sampled``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,18 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import DictConfig
 
+from recbench import record
 from recbench.data.prepared import PreparedData
+from recbench.engine.contracts import Evaluator, RankingEvaluation, Sampler
+from recbench.engine.evaluators.full import RankingEvaluator
+from recbench.engine.evaluators.rating import RatingEvaluator
+from recbench.engine.evaluators.sampled import DEFAULT_DIRECTORY, SampledEvaluator
+from recbench.engine.evaluators.sequences import SequenceContext
+from recbench.engine.samplers.pairs import PairSampler
+from recbench.engine.samplers.ratings import RatingSampler
+from recbench.engine.samplers.sequences import SequenceSampler
+from recbench.engine.samplers.shared import SharedNegatives
 from recbench.errors import ConfigError
-from recbench.evaluation import RankingEvaluator, RatingEvaluator
-from recbench.sampled import DEFAULT_DIRECTORY, SampledEvaluator
-from recbench.sampled_softmax import SharedNegatives
-from recbench.sequential import SequenceContext, SequenceSampler
-from recbench.training import PairSampler, RatingSampler
 
 #: eval.protocol values for ranking and sequential tasks.
 PROTOCOLS = ("full", "sampled")
@@ -34,8 +39,8 @@ class TaskParts:
     ``tags`` describe how the run was evaluated (``eval_protocol``: ``full``, or ``sampled`` with the
     number of sampled items, e.g. ``sampled-100``); record them with the run's other tags."""
 
-    sampler: object
-    evaluator: RankingEvaluator | RatingEvaluator | SampledEvaluator
+    sampler: Sampler
+    evaluator: Evaluator
     monitor: str
     has_validation: bool
     tags: dict[str, str] = field(default_factory=dict)
@@ -46,7 +51,7 @@ def _rating(data: PreparedData, cfg: DictConfig, device: torch.device) -> TaskPa
     return TaskParts(
         sampler=RatingSampler(data, cfg.train.batch_size, device),
         evaluator=evaluator,
-        monitor=cfg.train.monitor or "rmse",
+        monitor=cfg.train.monitor or record.default_monitor(data.task, cfg.eval.k),
         has_validation=evaluator.has("valid"),
     )
 
@@ -56,7 +61,7 @@ def ranking_evaluator(
     cfg: DictConfig,
     device: torch.device,
     context_of: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
-) -> tuple[RankingEvaluator | SampledEvaluator, dict[str, str]]:
+) -> tuple[RankingEvaluation, dict[str, str]]:
     """The evaluator chosen by ``eval.protocol`` (full ranking, or the saved sampled negatives of
     this dataset and seed) and the tags that name it."""
     protocol = cfg.eval.get("protocol", "full")
@@ -103,7 +108,7 @@ def _ranking(data: PreparedData, cfg: DictConfig, device: torch.device) -> TaskP
     return TaskParts(
         sampler=PairSampler(data, num_negatives, cfg.train.batch_size, device, shared),
         evaluator=evaluator,
-        monitor=cfg.train.monitor or f"ndcg_at_{cfg.eval.k}",
+        monitor=cfg.train.monitor or record.default_monitor(data.task, cfg.eval.k),
         has_validation=True,
         tags=tags,
     )
@@ -132,7 +137,7 @@ def _sequential(data: PreparedData, cfg: DictConfig, device: torch.device) -> Ta
             shared=shared,
         ),
         evaluator=evaluator,
-        monitor=cfg.train.monitor or f"ndcg_at_{cfg.eval.k}",
+        monitor=cfg.train.monitor or record.default_monitor(data.task, cfg.eval.k),
         has_validation=True,
         tags=tags,
     )

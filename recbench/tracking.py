@@ -3,7 +3,9 @@
 One MLflow run per training run: tags for dataset/model/method/seed, a hash of the resolved config
 and the code's identity; the flattened config as params; per-epoch ``train/loss`` and ``val/...``;
 final ``test/...``, ``size/...`` and ``time/...`` metrics; the resolved config and metrics.json as
-artifacts. MLflow metric names cannot contain ``@``: HR@10 is ``hr_at_10``.
+artifacts. The names of all of these, and which config keys make up the resume key and a report
+cell, are the record contract (``recbench.record``). ``Tracker`` is what ``recbench.run`` sees of a
+store: ``MlflowTracker``, or ``NullTracker`` for ``tracking=none``.
 
 What the record guarantees (README, "What the record guarantees"):
 
@@ -39,14 +41,12 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from recbench import record
 from recbench.errors import RecbenchError
 
 log = logging.getLogger(__name__)
-
-#: Keys that do not change what a run computes, left out of the config hash.
-_HASH_EXCLUDED = ("tracking", "dataset.categories", "train.progress", "train.compile", "eval.batch_size", "eval.serving_artifact", "force", "resume")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -66,40 +66,28 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     flat = {
         k: v
         for k, v in flatten(resolved).items()
-        if not any(k == x or k.startswith(x + ".") for x in _HASH_EXCLUDED)
+        if not any(k == x or k.startswith(x + ".") for x in record.RESUME_EXCLUDED)
     }
     payload = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-#: Also left out of a report cell's key: the seed (a cell pools seeds), the preset's name (a
-#: label; the settings a preset makes are in the config itself) and machine-local folders (the same
-#: files under another path are the same data; their content is pinned by the loaders' checks).
-CELL_EXCLUDED = (*_HASH_EXCLUDED, "seed", "preset", "dataset.root", "eval.negatives_dir")
-#: Hydra's plumbing (how an object is built, not what it is): never a param, never a cell key.
-HYDRA_PLUMBING = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
-#: Config subtrees left out of the params (bookkeeping, or categories' own plumbing).
-PARAMS_EXCLUDED = ("tracking", "dataset.categories", "force", "resume", "train.progress")
-#: Params that name the chosen options (``method=hashing``); labels, not cell keys (the report
-#: groups by them anyway, and runs recorded before they existed must fall into the same cells).
-LABEL_PARAMS = ("dataset", "model", "method", "user_method")
-
-
 def is_plumbing(key: str) -> bool:
     """``method._target_``, ``model._partial_``: Hydra's instantiation keys."""
-    return key.rsplit(".", 1)[-1] in HYDRA_PLUMBING
+    return key.rsplit(".", 1)[-1] in record.HYDRA_PLUMBING
 
 
 def run_params(resolved: Mapping[str, Any], identity: Mapping[str, str]) -> dict[str, Any]:
     """What a run logs as MLflow params: the flattened resolved config without Hydra plumbing
-    and bookkeeping (``PARAMS_EXCLUDED``), plus the chosen ``dataset``/``model``/``method``/
+    and bookkeeping (``record.PARAMS_EXCLUDED``), plus the chosen ``dataset``/``model``/``method``/
     ``user_method`` so that the runs table can show and filter them like any other param."""
     flat = {
         k: v
         for k, v in flatten(resolved).items()
-        if not is_plumbing(k) and not any(k == x or k.startswith(x + ".") for x in PARAMS_EXCLUDED)
+        if not is_plumbing(k)
+        and not any(k == x or k.startswith(x + ".") for x in record.PARAMS_EXCLUDED)
     }
-    flat.update({key: identity.get(key, "") for key in LABEL_PARAMS})
+    flat.update({key: identity.get(key, "") for key in record.LABEL_PARAMS})
     return flat
 
 
@@ -121,14 +109,14 @@ def is_hash_seed(key: str) -> bool:
 
 def cell_config(flat: Mapping[str, Any]) -> dict[str, str]:
     """The part of a flattened config that decides which runs are seeds of one result: every key
-    but ``CELL_EXCLUDED``, Hydra's plumbing and the option labels (``LABEL_PARAMS``), as text (so
-    MLflow params, which omit the plumbing, and config.yaml give the same dict)."""
+    but ``record.CELL_EXCLUDED``, Hydra's plumbing and the option labels (``LABEL_PARAMS``), as
+    text (so MLflow params, which omit the plumbing, and config.yaml give the same dict)."""
     return {
         k: param_text(v)
         for k, v in flat.items()
-        if not any(k == x or k.startswith(x + ".") for x in CELL_EXCLUDED)
+        if not any(k == x or k.startswith(x + ".") for x in record.CELL_EXCLUDED)
         and not is_plumbing(k)
-        and k not in LABEL_PARAMS
+        and k not in record.LABEL_PARAMS
     }
 
 
@@ -416,6 +404,33 @@ class Twin:
         return {"run_id": self.run_id, "status": self.status, "run_dir": self.run_dir, "metrics": self.metrics}
 
 
+class Tracker(Protocol):
+    """What a run records through, whichever the store: claim the configuration, log params,
+    metrics, tags, the dataset and artifacts, keep a heartbeat, and end with a status."""
+
+    run_id: str | None
+
+    def open(self) -> None: ...
+
+    def claim(self, run_name: str, tags: Mapping[str, str], **kwargs: Any) -> Twin | None: ...
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None: ...
+
+    def log_artifact(self, path: str | os.PathLike[str], subdir: str | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def beat(self) -> None: ...
+
+    def heartbeat(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
+
+
 class NullTracker:
     """Records nothing (``tracking=none``); the run folder still gets metrics.json."""
 
@@ -525,7 +540,7 @@ class MlflowTracker:
                 if done:
                     return done[0][1]
             now = time.time()
-            record = {
+            run_tags = {
                 **tags,
                 STATE_TAG: "RUNNING",
                 "host": host_id(),
@@ -533,7 +548,7 @@ class MlflowTracker:
                 "heartbeat": f"{now:.3f}",
             }
             run = _retry(
-                lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=record)
+                lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
             )
             self.run_id = run.info.run_id
             if force:
@@ -665,7 +680,12 @@ class MlflowTracker:
 
 
 #: Metrics shown as columns of the runs table by the view ``experiment_tags`` shares.
-TABLE_COLUMNS = ("test/hr_at_10", "test/ndcg_at_10", "size/fraction_of_full", "time/train_seconds")
+TABLE_COLUMNS = (
+    record.key(record.TEST, record.metric_name("hr", 10)),
+    record.key(record.TEST, record.metric_name("ndcg", 10)),
+    "size/fraction_of_full",
+    "time/train_seconds",
+)
 #: Key of that shared view (``#/experiments/<id>?viewStateShareKey=recbench``).
 VIEW_KEY = "recbench"
 
@@ -693,7 +713,7 @@ def experiment_tags(name: str) -> dict[str, str]:
     }
 
 
-def make_tracker(enabled: bool, uri: str, experiment: str, artifact_root: str) -> NullTracker | MlflowTracker:
+def make_tracker(enabled: bool, uri: str, experiment: str, artifact_root: str) -> Tracker:
     if not enabled:
         return NullTracker()
     return MlflowTracker(uri, experiment, artifact_root)

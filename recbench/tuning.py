@@ -24,8 +24,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from recbench import record
 from recbench.errors import ConfigError, RecbenchError
-from recbench.evaluation import lower_is_better
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 #: Where tuned settings go by default: the ``tuned`` config group (``+tuned=<name>``).
@@ -36,15 +36,15 @@ IDENTITY_KEYS = ("dataset", "model", "method", "user_method", "seed", "task")
 
 
 def monitored_metric(task: str, monitor: str | None, k: int = 10) -> str:
-    """The validation metric early stopping watches (the same rule as ``recbench.tasks``)."""
+    """The validation metric early stopping watches (the rule of ``recbench.tasks``)."""
     if monitor:
         return str(monitor)
-    return "rmse" if task == "rating" else f"ndcg_at_{k}"
+    return record.default_monitor(task, k)
 
 
 def direction(task: str, monitor: str | None = None) -> str:
     """``minimize`` for error metrics (RMSE, MAE), ``maximize`` for ranking metrics."""
-    return "minimize" if lower_is_better(monitored_metric(task, monitor)) else "maximize"
+    return "maximize" if record.higher_is_better(monitored_metric(task, monitor)) else "minimize"
 
 
 OmegaConf.register_new_resolver("recbench_direction", direction, replace=True)
@@ -60,7 +60,8 @@ def objective(cfg: DictConfig, metrics: Mapping[str, Any]) -> float:
     """The run's validation value of the monitored metric (after the best epoch's weights were
     restored): what the sweeper optimises. Never a test metric."""
     name = monitored_metric(str(cfg.task), cfg.train.get("monitor"), int(cfg.eval.k))
-    key = f"best/{name}" if f"best/{name}" in metrics else f"val/{name}"  # val/: runs before best/*
+    best, val = record.key(record.BEST, name), record.key(record.VAL, name)
+    key = best if best in metrics else val  # val/: runs recorded before best/*
     if key not in metrics:
         raise ConfigError(
             f"the run recorded no {key}, so it cannot be tuned; tuning needs a validation split "
@@ -147,30 +148,32 @@ def trial_rows(sweep_dir: Path, searched: Sequence[str], metric: str) -> list[di
     """One row per trial folder of a sweep: number, status, the searched values, the objective
     (``val/<metric>``), the other validation metrics, best epoch, epochs run and train time."""
     rows = []
-    for folder in sorted(p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()):
-        hydra_yaml = _load_yaml(folder / ".hydra" / "hydra.yaml") or {}
+    for folder in sorted(p for p in Path(sweep_dir).iterdir() if (p / record.HYDRA_DIR).is_dir()):
+        hydra_yaml = _load_yaml(folder / record.HYDRA_DIR / "hydra.yaml") or {}
         number = (hydra_yaml.get("hydra") or {}).get("job", {}).get("num")
         if number is None:
             number = int(folder.name.split("_", 1)[0]) if folder.name.split("_", 1)[0].isdigit() else -1
         overrides = dict(
-            o.split("=", 1) for o in (_load_yaml(folder / ".hydra" / "overrides.yaml") or []) if "=" in o
+            o.split("=", 1) for o in (_load_yaml(folder / record.HYDRA_DIR / "overrides.yaml") or []) if "=" in o
         )
         try:
-            record = json.loads((folder / "metrics.json").read_text())
+            saved = json.loads((folder / record.METRICS_FILE).read_text())
         except (OSError, ValueError):
-            record = {"status": "NO_RECORD"}
-        metrics = record.get("metrics") or {}
-        row: dict[str, Any] = {"trial": int(number), "status": record.get("status", "?")}
+            saved = {"status": "NO_RECORD"}
+        metrics = saved.get("metrics") or {}
+        row: dict[str, Any] = {"trial": int(number), "status": saved.get("status", "?")}
         row.update({name: overrides.get(name, "") for name in searched})
         # the restored best epoch's validation values: best/* (val/* in runs recorded before it)
-        prefix = "best/" if f"best/{metric}" in metrics else "val/"
-        row["objective"] = metrics.get(f"{prefix}{metric}", "")
-        row.update({"val/" + k.split("/", 1)[1]: v for k, v in sorted(metrics.items())
-                    if k.startswith(prefix) and k != f"{prefix}{metric}"})  # fmt: skip
+        prefix = record.BEST if record.key(record.BEST, metric) in metrics else record.VAL
+        objective = record.key(prefix, metric)
+        row["objective"] = metrics.get(objective, "")
+        row.update({record.key(record.VAL, record.parse_metric(k).name): v
+                    for k, v in sorted(metrics.items())
+                    if record.parse_metric(k).prefix == prefix and k != objective})  # fmt: skip
         for key in ("fit/best_epoch", "fit/epochs_run", "time/train_seconds"):
             row[key] = metrics.get(key, "")
         row["run_dir"] = str(folder)
-        if any(k.startswith("test/") for k in metrics):
+        if any(record.parse_metric(k).prefix == record.TEST for k in metrics):
             raise RecbenchError(f"tuning trial {folder} recorded test metrics; tuning must not read test data")
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
@@ -200,9 +203,9 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 def sweep_config(sweep_dir: Path) -> DictConfig:
     """A sweep's configuration with its ``hydra`` node, read from its first trial's folder."""
-    for folder in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "config.yaml").is_file()):
-        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
-        hydra_yaml = folder / ".hydra" / "hydra.yaml"
+    for folder in sorted(p for p in sweep_dir.iterdir() if (p / record.HYDRA_CONFIG).is_file()):
+        config = OmegaConf.load(folder / record.HYDRA_CONFIG)
+        hydra_yaml = folder / record.HYDRA_DIR / "hydra.yaml"
         if hydra_yaml.is_file():
             config.hydra = OmegaConf.load(hydra_yaml).hydra
         return config
@@ -220,7 +223,7 @@ def write_tuned(
     ``<out_dir>/<name>.trials.csv``; returns both paths."""
     sweep_dir = Path(sweep_dir)
     results_path = sweep_dir / "optimization_results.yaml"
-    if not sweep_dir.is_dir() or not any((p / ".hydra").is_dir() for p in sweep_dir.iterdir()):
+    if not sweep_dir.is_dir() or not any((p / record.HYDRA_DIR).is_dir() for p in sweep_dir.iterdir()):
         raise ConfigError(
             f"{sweep_dir} holds no tuning trials (no optimization_results.yaml, no trial folders); "
             "pass the sweep folder of `python -m recbench.run -m +tune=default ...`"
@@ -244,12 +247,12 @@ def write_tuned(
     finished = [r for r in rows if r["status"] in ("FINISHED", "SKIPPED") and r["objective"] != ""]
     if not finished:
         raise ConfigError(f"no trial of {sweep_dir} finished; see the trials' folders for the errors")
-    sign = 1.0 if lower_is_better(metric) else -1.0
+    sign = -1.0 if record.higher_is_better(metric) else 1.0
     best = next((r for r in finished if best_params and matches(r)), None) or min(
         finished, key=lambda r: sign * float(r["objective"])
     )
-    resolved = _load_yaml(Path(best["run_dir"]) / "config.yaml") or _load_yaml(
-        Path(best["run_dir"]) / ".hydra" / "config.yaml"
+    resolved = _load_yaml(Path(best["run_dir"]) / record.CONFIG_FILE) or _load_yaml(
+        Path(best["run_dir"]) / record.HYDRA_CONFIG
     )
     if not best_params:  # stopped study: the best finished trial's values, typed as resolved
         best_params = {k: OmegaConf.select(OmegaConf.create(resolved), k) for k in searched}

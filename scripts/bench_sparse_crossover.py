@@ -7,7 +7,7 @@ vocabulary size and the device; this script finds the crossover.
 
 It keeps the MovieLens-1M-like shape (6,040 users, 1M events, Zipf(1) items, batch 4096, 4
 negatives per positive) and varies only the number of items. For each size and method it times
-``recbench.training.train_step`` exactly as ``scripts/bench_throughput.py`` does (median of
+``recbench.engine.loop.train_step`` exactly as ``scripts/bench_throughput.py`` does (median of
 ``--repeats`` windows of ``--steps`` steps after a warm-up, plus one real epoch with sampling) in
 both modes, then prints one table and the crossover: the vocabulary at which the sparse/dense ratio
 of end-to-end epoch throughput passes 1, interpolated linearly in log(items) between the two

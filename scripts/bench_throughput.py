@@ -2,7 +2,7 @@
 """Training and evaluation throughput of recbench's real training loop, per backbone x method.
 
 Why: a table in the paper needs hundreds of runs; the harness must be limited by arithmetic and
-memory bandwidth, not Python. This script times ``recbench.training.train_step`` (the exact step
+memory bandwidth, not Python. This script times ``recbench.engine.loop.train_step`` (the exact step
 ``fit`` runs) on batches from the real samplers, after a warm-up, on synthetic data at fixed scales:
 
 * ``ml100k``: 943 users x 1,682 items, 100,000 events (MovieLens-100k-like)
@@ -65,7 +65,10 @@ sys.path.insert(0, str(ROOT))
 
 from recbench.data.interactions import Interactions  # noqa: E402
 from recbench.data.prepared import PreparedData, prepare  # noqa: E402
-from recbench.training import flush_denormals, loss_function, make_optimizer, train_step  # noqa: E402
+from recbench.engine.device import flush_denormals  # noqa: E402
+from recbench.engine.loop import train_step  # noqa: E402
+from recbench.engine.losses import loss_function  # noqa: E402
+from recbench.engine.optim import make_optimizer  # noqa: E402
 
 SCALES = {
     "ml100k": (943, 1_682, 100_000),
@@ -202,8 +205,8 @@ def setup_case(
     unless ``loss`` names another (``num_sampled``: ``train.num_sampled`` of the sampled softmax);
     ``compile_loss`` wraps the loss in ``torch.compile`` as ``train.compile=true`` does."""
     from recbench.assembly import build_model
+    from recbench.engine.device import resolve_device
     from recbench.tasks import build_task
-    from recbench.training import resolve_device
 
     device = resolve_device(device_name)
     if loss and "@" in loss:  # e.g. sampled_softmax@1000

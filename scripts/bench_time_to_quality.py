@@ -164,14 +164,11 @@ def recbench_variant(name: str, overrides: list[str], data_cache: dict[str, Any]
     sampler, exactly as ``fit`` does), validated by the run's evaluator."""
     from recbench.assembly import build_model, load_data, seed_everything
     from recbench.checks import check_run_config
+    from recbench.engine.device import flush_denormals, resolve_device
+    from recbench.engine.loop import train_step
+    from recbench.engine.losses import loss_function
+    from recbench.engine.optim import make_optimizer
     from recbench.tasks import build_task
-    from recbench.training import (
-        flush_denormals,
-        loss_function,
-        make_optimizer,
-        resolve_device,
-        train_step,
-    )  # fmt: skip
 
     cfg = compose_config(overrides)
     check_run_config(cfg)

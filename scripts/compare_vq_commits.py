@@ -32,7 +32,8 @@ import bench_throughput as bench  # noqa: E402
 
 from recbench.data.prepared import prepare  # noqa: E402
 from recbench.embeddings.base import embedding_layers  # noqa: E402
-from recbench.training import flush_denormals, train_step  # noqa: E402
+from recbench.engine.device import flush_denormals  # noqa: E402
+from recbench.engine.loop import train_step  # noqa: E402
 
 
 def load_old(commit: str, folder: Path) -> tuple[type, type]:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT.parent))
 import bench_throughput as bench  # noqa: E402
 
 from recbench.data.prepared import prepare  # noqa: E402
-from recbench.training import flush_denormals  # noqa: E402
+from recbench.engine.device import flush_denormals  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from recbench.assembly import build_model, load_data
+from recbench.engine.loop import FitOptions, fit, train_step
+from recbench.engine.losses import LOSSES
+from recbench.engine.optim import make_optimizer
 from recbench.tasks import build_task
-from recbench.training import LOSSES, fit, make_optimizer, train_step
 from tests.conftest import CONF, assert_grads_close, disable_dropout, method_names
 
 pytestmark = [
@@ -29,8 +31,8 @@ def setup(overrides: list[str]):  # noqa: ANN201
     data = load_data(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, data)
-    fit(model, build_task(data, cfg, CPU).sampler, loss=cfg.train.loss, epochs=2, lr=0.01,
-        progress=False)  # fmt: skip
+    options = FitOptions(loss=cfg.train.loss, epochs=2, lr=0.01, progress=False)
+    fit(model, build_task(data, cfg, CPU).sampler, options)
     return cfg, data, model
 
 

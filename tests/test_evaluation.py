@@ -10,14 +10,9 @@ import torch
 
 from recbench.data.interactions import Interactions
 from recbench.data.prepared import prepare
-from recbench.evaluation import (
-    RankingEvaluator,
-    RatingEvaluator,
-    csr_rows_mask,
-    metrics_from_ranks,
-    ranks_of_targets,
-    rating_metrics,
-)
+from recbench.engine.evaluators.full import RankingEvaluator, csr_rows_mask
+from recbench.engine.evaluators.metrics import metrics_from_ranks, ranks_of_targets, rating_metrics
+from recbench.engine.evaluators.rating import RatingEvaluator
 from recbench.models.gmf import GMF
 
 
@@ -165,8 +160,8 @@ def test_non_finite_candidate_score_fails(bad: float) -> None:
 
 
 def test_nan_weights_fail_full_and_sampled_evaluation(tmp_path) -> None:  # noqa: ANN001
+    from recbench.engine.evaluators.sampled import SampledEvaluator
     from recbench.errors import RecbenchError
-    from recbench.sampled import SampledEvaluator
 
     data = toy_data()
     model = nan_gmf(data)

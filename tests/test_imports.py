@@ -77,3 +77,38 @@ def test_libraries_import_only_errors_and_themselves() -> None:
             if name == lib or name.startswith(lib + "."):
                 outside = {d for d in deps if not d.startswith(lib) and d != "recbench.errors"}
                 assert not outside, f"{name} imports {sorted(outside)}"
+
+
+#: The middle layer (``recbench.engine``: samplers, losses, the loop, optimizers, evaluators) sits
+#: below the entry point, tracking, tuning, the report, the task wiring and the assembly.
+MIDDLE = "recbench.engine"
+ABOVE_MIDDLE = (
+    "recbench.run", "recbench.tracking", "recbench.tuning", "recbench.report", "recbench.tasks",
+    "recbench.assembly", "recbench.serving", "recbench.checks", "recbench.callbacks",
+    "recbench.config",
+)  # fmt: skip
+
+
+def _inside(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_the_middle_layer_never_imports_the_layers_above_it() -> None:
+    for name, deps in graph().items():
+        if _inside(name, MIDDLE):
+            above = sorted(d for d in deps if any(_inside(d, a) for a in ABOVE_MIDDLE))
+            assert not above, f"{name} imports {above}"
+
+
+def test_the_record_contract_is_a_leaf() -> None:
+    """``recbench.record`` names what runs write; it imports only the embedding contract (whose
+    ``NON_KNOB_KEYS`` it shares), so every layer may read it."""
+    assert graph()["recbench.record"] <= {"recbench.embeddings.base", "recbench.embeddings"}
+
+
+def test_the_layer_rules_see_the_middle_layer() -> None:
+    """The rules above are about real modules: the package and its parts exist in the graph."""
+    names = set(graph())
+    for part in ("contracts", "loop", "optim", "device", "losses", "samplers.pairs",
+                 "samplers.sequences", "evaluators.full", "evaluators.sampled"):  # fmt: skip
+        assert f"{MIDDLE}.{part}" in names, part

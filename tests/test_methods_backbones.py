@@ -12,9 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from recbench.assembly import build_model, load_data
+from recbench.engine.loop import FitOptions, fit
 from recbench.size import model_size
 from recbench.tasks import build_task
-from recbench.training import fit
 from tests.conftest import CONF, model_names
 
 TINY_DATA = ["dataset.loader.num_users=60", "dataset.loader.num_items=50",
@@ -33,9 +33,8 @@ def test_method_trains_and_evaluates_on_backbone(model: str, method: str) -> Non
     data = load_data(cfg)
     model_ = build_model(cfg, data)
     parts = build_task(data, cfg, torch.device("cpu"))
-    result = fit(
-        model_, parts.sampler, loss=cfg.train.loss, epochs=1, lr=0.01, progress=False, seed=0
-    )
+    options = FitOptions(loss=cfg.train.loss, epochs=1, lr=0.01, progress=False, seed=0)
+    result = fit(model_, parts.sampler, options)
     assert result.epochs_run == 1
     assert all(math.isfinite(v) for v in result.history[-1].values())
     metrics = parts.evaluator.evaluate(model_, "test")

@@ -10,7 +10,7 @@ import torch
 
 from recbench.data.prepared import prepare
 from recbench.data.synthetic import generate
-from recbench.sampled import SampledEvaluator
+from recbench.engine.evaluators.sampled import SampledEvaluator
 
 
 def data():  # noqa: ANN201

@@ -9,10 +9,12 @@ import math
 import pytest
 import torch
 
+from recbench.engine.contracts import Batch
+from recbench.engine.losses.ranking import ce_loss
+from recbench.engine.losses.sampled_softmax import sampled_softmax_from_logits, sampled_softmax_loss
+from recbench.engine.samplers.shared import SharedNegatives, check_options
 from recbench.errors import ConfigError
-from recbench.sampled_softmax import SharedNegatives, check_options, sampled_softmax_from_logits
 from recbench.tasks import build_task
-from recbench.training import Batch, ce_loss, sampled_softmax_loss
 from tests.models.helpers import build_with_method
 from tests.test_sequential import CPU, compose_cfg, toy
 

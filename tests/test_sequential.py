@@ -11,14 +11,10 @@ from hydra import compose, initialize_config_dir
 import recbench.config  # noqa: F401 - registers the structured schema that conf/config.yaml names
 from recbench.data.interactions import Interactions
 from recbench.data.prepared import PreparedData, prepare
+from recbench.engine.evaluators.full import RankingEvaluator
+from recbench.engine.evaluators.sequences import SequenceContext, evaluation_sequences
+from recbench.engine.samplers.sequences import SequenceSampler, training_sequences
 from recbench.errors import ConfigError, DataError
-from recbench.evaluation import RankingEvaluator
-from recbench.sequential import (
-    SequenceContext,
-    SequenceSampler,
-    evaluation_sequences,
-    training_sequences,
-)
 from recbench.tasks import build_task
 from tests.conftest import CONF
 

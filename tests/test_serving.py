@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from recbench import serving
 from recbench.assembly import build_model, load_data
+from recbench.engine.loop import FitOptions, fit
 from recbench.tasks import build_task
-from recbench.training import fit
 from tests.conftest import CONF, method_names
 
 TINY_DATA = ["dataset.loader.num_users=80", "dataset.loader.num_items=60",
@@ -27,7 +27,7 @@ def trained(overrides: list[str]):  # noqa: ANN201
     data = load_data(cfg)
     model = build_model(cfg, data)
     parts = build_task(data, cfg, torch.device("cpu"))
-    fit(model, parts.sampler, loss=cfg.train.loss, epochs=1, lr=0.01, progress=False, seed=0)
+    fit(model, parts.sampler, FitOptions(loss=cfg.train.loss, epochs=1, lr=0.01, progress=False, seed=0))
     return cfg, model, parts
 
 

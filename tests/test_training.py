@@ -13,19 +13,16 @@ import torch
 from recbench.data.interactions import Interactions
 from recbench.data.prepared import prepare
 from recbench.embeddings.full import FullEmbedding
+from recbench.engine.contracts import Batch
+from recbench.engine.loop import FitOptions, fit
+from recbench.engine.losses import check_loss
+from recbench.engine.losses.ranking import bce_loss, bpr_loss
+from recbench.engine.losses.rating import mse_loss
+from recbench.engine.samplers.negatives import NegativeSampler
+from recbench.engine.samplers.pairs import PairSampler
 from recbench.errors import ConfigError
 from recbench.models.base import DataInfo
 from recbench.models.gmf import GMF
-from recbench.training import (
-    Batch,
-    NegativeSampler,
-    PairSampler,
-    bce_loss,
-    bpr_loss,
-    check_loss,
-    fit,
-    mse_loss,
-)
 
 
 def test_negatives_never_hit_training_items() -> None:
@@ -131,8 +128,8 @@ def test_early_stopping_restores_best_weights() -> None:
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return {"ndcg_at_10": next(values)}
 
-    result = fit(model, sampler, loss="bce", epochs=6, lr=0.05, patience=2,
-                 monitor="ndcg_at_10", validate=validate, progress=False)
+    options = FitOptions(loss="bce", epochs=6, lr=0.05, patience=2, monitor="ndcg_at_10", progress=False)
+    result = fit(model, sampler, options, validate=validate)
     assert result.best_epoch == 2 and result.epochs_run == 4 and result.stopped_early
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, snapshots[1][key])
@@ -149,8 +146,9 @@ def test_min_epochs_keeps_training_through_a_plateau() -> None:
     def validate() -> dict[str, float]:
         return {"ndcg_at_10": next(values)}
 
-    result = fit(model, sampler, loss="bce", epochs=8, lr=0.05, patience=2, min_epochs=5,
-                 monitor="ndcg_at_10", validate=validate, progress=False)
+    options = FitOptions(loss="bce", epochs=8, lr=0.05, patience=2, min_epochs=5, monitor="ndcg_at_10",
+                         progress=False)  # fmt: skip
+    result = fit(model, sampler, options, validate=validate)
     assert result.best_epoch == 5 and result.epochs_run == 7 and result.stopped_early
 
 
@@ -160,15 +158,15 @@ def test_training_is_seeded() -> None:
     def train_once() -> torch.Tensor:
         torch.manual_seed(0)
         model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
-        fit(model, PairSampler(data, 2, 64, torch.device("cpu")), loss="bce", epochs=2,
-            lr=0.05, seed=3, progress=False)
+        options = FitOptions(loss="bce", epochs=2, lr=0.05, seed=3, progress=False)
+        fit(model, PairSampler(data, 2, 64, torch.device("cpu")), options)
         return model.item_embedding.full_table().detach()
 
     torch.testing.assert_close(train_once(), train_once())
 
 
 def test_full_embedding_gmf_beats_popularity_on_structured_data() -> None:
-    from recbench.evaluation import RankingEvaluator
+    from recbench.engine.evaluators.full import RankingEvaluator
 
     rng = np.random.default_rng(1)
     n_users, n_items = 300, 120
@@ -184,8 +182,8 @@ def test_full_embedding_gmf_beats_popularity_on_structured_data() -> None:
     data = prepare(inter, "ranking", seed=0)
     torch.manual_seed(0)
     model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=16)
-    fit(model, PairSampler(data, 4, 128, torch.device("cpu")), loss="bce", epochs=15,
-        lr=0.01, progress=False)
+    options = FitOptions(loss="bce", epochs=15, lr=0.01, progress=False)
+    fit(model, PairSampler(data, 4, 128, torch.device("cpu")), options)
     ev = RankingEvaluator(data, k=10)
     learned = ev.evaluate(model, "test")["hr_at_10"]
     popular = ev.popularity(data.item_counts, "test")["hr_at_10"]
@@ -193,7 +191,7 @@ def test_full_embedding_gmf_beats_popularity_on_structured_data() -> None:
 
 
 def test_sparse_training_touches_only_sampled_rows_and_learns() -> None:
-    from recbench.training import make_optimizer, sparse_tables
+    from recbench.engine.optim import make_optimizer, sparse_tables
 
     data = small_ranking_data()
     torch.manual_seed(0)
@@ -214,13 +212,13 @@ def test_sparse_training_touches_only_sampled_rows_and_learns() -> None:
 
     torch.manual_seed(0)
     model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
-    result = fit(model, PairSampler(data, 2, 64, torch.device("cpu")), loss="bce", epochs=4,
-                 lr=0.05, progress=False, sparse=True)  # fmt: skip
+    options = FitOptions(loss="bce", epochs=4, lr=0.05, progress=False, sparse=True)
+    result = fit(model, PairSampler(data, 2, 64, torch.device("cpu")), options)
     assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
 
 
 def test_sparse_refuses_weight_decay() -> None:
-    from recbench.training import make_optimizer
+    from recbench.engine.optim import make_optimizer
 
     data = small_ranking_data()
     model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
@@ -235,7 +233,7 @@ def test_sparse_gradients_equal_dense_gradients(method: str) -> None:
     tables become sparse. (SparseAdam then differs from Adam only where it adds eps.)"""
     from hydra.utils import instantiate
 
-    from recbench.training import make_optimizer, sparse_tables
+    from recbench.engine.optim import make_optimizer, sparse_tables
     from tests.conftest import method_node
 
     data = small_ranking_data()
@@ -265,7 +263,7 @@ def test_sparse_gradients_equal_dense_gradients(method: str) -> None:
 def test_ce_loss_ignores_padded_positions() -> None:
     """Full softmax over items with left-padded sequence positions (target 0) stays finite and
     equals the mean over the real positions only."""
-    from recbench.training import ce_loss
+    from recbench.engine.losses.ranking import ce_loss
 
     class Logits(torch.nn.Module):
         def full_logits(self, context: torch.Tensor) -> torch.Tensor:
@@ -287,8 +285,8 @@ def test_compiled_loss_trains_like_the_eager_one() -> None:
     def train_once(compile_loss: bool) -> tuple[list[float], torch.Tensor]:
         torch.manual_seed(0)
         model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
-        result = fit(model, PairSampler(data, 2, 64, torch.device("cpu")), loss="bce", epochs=3,
-                     lr=0.05, seed=3, progress=False, compile=compile_loss)  # fmt: skip
+        options = FitOptions(loss="bce", epochs=3, lr=0.05, seed=3, progress=False, compile=compile_loss)
+        result = fit(model, PairSampler(data, 2, 64, torch.device("cpu")), options)
         return [row["train/loss"] for row in result.history], model.item_embedding.full_table().detach()
 
     eager_losses, eager_table = train_once(False)
@@ -296,3 +294,38 @@ def test_compiled_loss_trains_like_the_eager_one() -> None:
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     assert eager_losses[-1] < eager_losses[0]  # it trained
     torch.testing.assert_close(compiled_table, eager_table, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sampler_cls", "ranking"),
+    [
+        (["model=gmf"], "PairSampler", True),
+        (["model=gmf", "eval.protocol=sampled"], "PairSampler", True),
+        (["model=gmf", "train.loss=sampled_softmax"], "PairSampler", True),
+        (["model=sasrec"], "SequenceSampler", True),
+        (["model=dot_bias"], "RatingSampler", False),
+    ],
+)
+def test_every_task_gives_a_sampler_and_an_evaluator_of_the_contracts(
+    overrides: list[str], sampler_cls: str, ranking: bool, tmp_path
+) -> None:
+    """The loop and the entry point see samplers and evaluators only through the protocols of
+    ``recbench.engine.contracts``: every task's pair satisfies them, the ranking protocols (full
+    and sampled) also ``RankingEvaluation``, and a sampler's batches are ``Batch``es."""
+    from hydra import compose, initialize_config_dir
+
+    from recbench.assembly import load_data
+    from recbench.engine.contracts import Evaluator, RankingEvaluation, Sampler
+    from recbench.tasks import build_task
+    from tests.conftest import CONF
+
+    tiny = ["dataset.loader.num_users=40", "dataset.loader.num_items=30",
+            "dataset.loader.events_per_user=8", f"eval.negatives_dir={tmp_path}", "eval.num_sampled=5"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*tiny, *overrides])
+    parts = build_task(load_data(cfg), cfg, torch.device("cpu"))
+    assert type(parts.sampler).__name__ == sampler_cls
+    assert isinstance(parts.sampler, Sampler) and isinstance(parts.evaluator, Evaluator)
+    assert isinstance(parts.evaluator, RankingEvaluation) == ranking
+    batch = next(iter(parts.sampler.epoch(torch.Generator().manual_seed(0))))
+    assert isinstance(batch, Batch) and len(parts.sampler) >= 1

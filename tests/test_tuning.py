@@ -27,8 +27,9 @@ TINY = ["dataset.loader.num_users=120", "dataset.loader.num_items=60", "train.ep
 #: Runs recbench.run with every evaluator's test-split access replaced by an error.
 SPY = """
 import sys
-import recbench.evaluation as ev
-import recbench.sampled as sa
+import recbench.engine.evaluators.full as ev
+import recbench.engine.evaluators.rating as ra
+import recbench.engine.evaluators.sampled as sa
 
 def guarded(original):
     def evaluate(self, model, part, *args, **kwargs):
@@ -40,7 +41,7 @@ def guarded(original):
 def popularity(self, item_counts, part):
     raise AssertionError("TEST SPLIT READ (popularity)")
 
-for cls in (ev.RankingEvaluator, ev.RatingEvaluator, sa.SampledEvaluator):
+for cls in (ev.RankingEvaluator, ra.RatingEvaluator, sa.SampledEvaluator):
     cls.evaluate = guarded(cls.evaluate)
     if hasattr(cls, "ranks"):
         cls.ranks = guarded(cls.ranks)

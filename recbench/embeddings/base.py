@@ -229,3 +229,4 @@ class BudgetedFactory:
         knobs = dict(getattr(self.factory, "keywords", {}) or {})
         solved = cls.solve_budget(self.budget, num_embeddings - 1, embedding_dim, counts, **knobs)
         return cls(num_embeddings, embedding_dim, counts=counts, **solved)
+NON_KNOB_KEYS: tuple[str, ...] = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "budget")

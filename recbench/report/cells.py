@@ -4,7 +4,7 @@ Why not the table's labels: runs that share dataset, backbone, method and loss c
 ``train.epochs``, ``train.lr``, ``model.embedding_dim``, a k-core filter, ... and averaging them as if
 they were seeds makes a number nobody ran. A *cell* is the set of runs whose recorded resolved
 configurations are identical except for the seed and the keys that cannot change a result
-(``recbench.tracking.CELL_EXCLUDED``: tracking, progress bars, ``torch.compile``, the eval batch size,
+(``recbench.record.CELL_EXCLUDED``: tracking, progress bars, ``torch.compile``, the eval batch size,
 the preset's name, ...). The key is computed here from what each run recorded (MLflow params or the
 run folder's ``config.yaml``), so runs recorded before the ``cell_hash`` tag existed get one too.
 

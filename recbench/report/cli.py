@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from recbench import record
 from recbench.report.load import REPORT_EXPERIMENT, FolderSource, MlflowSource, ReportError
 from recbench.report.stats import DEFAULT_MARGIN
 from recbench.report.tables import (
@@ -188,7 +189,7 @@ def write_plots(report: Report, source: FolderSource | MlflowSource, out: Path,
     if agg.empty:
         return paths
     try:
-        history = source.history(report.finished["run_id"], "train/loss")
+        history = source.history(report.finished["run_id"], record.TRAIN_LOSS)
     except Exception as exc:  # noqa: BLE001
         notes.append(f"training-loss history unavailable ({type(exc).__name__}: {exc})")
         history = pd.DataFrame(columns=["run_id", "epoch", "value"])

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recbench import record
 from recbench.report.tables import GROUP_KEYS
 
 #: The serving folder and the config of a run, as a local folder (None when unavailable).
@@ -82,7 +83,7 @@ def code_similarity_plots(
                 continue  # not a quantised method
             dataset = str(run["dataset"])
             if dataset not in categories_of:
-                categories_of[dataset] = load_categories(folder / "config.yaml")
+                categories_of[dataset] = load_categories(folder / record.CONFIG_FILE)
             genres = categories_of[dataset]
             if genres is None:
                 continue
@@ -136,7 +137,7 @@ def folder_resolver(source: Any) -> tuple[RunFolder, Callable[[], None]]:
 
     def resolve(run: pd.Series) -> Path | None:
         local = Path(str(run.get("run_dir") or "."))
-        if run.get("run_dir") and (local / "serving").is_dir() and (local / "config.yaml").is_file():
+        if run.get("run_dir") and (local / "serving").is_dir() and (local / record.CONFIG_FILE).is_file():
             return local
         if client is None:
             return None
@@ -147,7 +148,7 @@ def folder_resolver(source: Any) -> tuple[RunFolder, Callable[[], None]]:
         manifest = client.download_artifacts(run_id, "serving/manifest.json", str(target))
         if not code_layers(json.loads(Path(manifest).read_text())):
             return None
-        for artifact in ("serving", "config.yaml"):
+        for artifact in ("serving", record.CONFIG_FILE):
             client.download_artifacts(run_id, artifact, str(target))
         return target
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from recbench import record
+from recbench.embeddings.base import NON_KNOB_KEYS
 from recbench.errors import RecbenchError
 from recbench.tracking import (
     LOST,
@@ -35,24 +37,15 @@ from recbench.tracking import (
 #: MLflow experiment that holds the reports themselves; never read back as benchmark runs.
 REPORT_EXPERIMENT = "recbench-reports"
 
-#: Run tags written by ``recbench.run`` (``experiment`` = preset name, not the MLflow experiment).
-IDENTITY = (
-    "dataset", "model", "method", "user_method", "task", "seed", "loss", "config_hash", "run_dir",
-    "experiment", "budget", "eval_protocol", "cell_hash", "code_version", "git_commit", "git_dirty",
-    "code_identity", "stage",
-)  # fmt: skip
 #: Columns every loader returns besides the metrics. ``knobs`` is the method's config as sorted
 #: JSON (hashable, comparable); ``store_experiment`` is the MLflow experiment (or folder) name;
 #: ``config`` the recorded config minus seed and bookkeeping keys as sorted JSON ("" if none was
 #: recorded), ``config_hint`` the same from Hydra's unresolved config of a run folder that did not
 #: finish (labels only); ``same_as`` the run a SKIPPED run folder duplicates (run id or folder).
 COLUMNS = (
-    "run_id", "run_name", "store_experiment", "status", "error", "start_time", *IDENTITY, "knobs",
-    "config", "config_hint", "same_as",
+    "run_id", "run_name", "store_experiment", "status", "error", "start_time", *record.REPORT_TAGS,
+    "knobs", "config", "config_hint", "same_as",
 )  # fmt: skip
-
-#: Config keys of a method node that are Hydra's or the size budget, not knobs.
-_NOT_KNOBS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "budget")
 
 
 class ReportError(RecbenchError):
@@ -94,7 +87,7 @@ def knobs_of(params: Mapping[str, Any]) -> str:
         for prefix, label in (("method.", ""), ("user_method.", "user.")):
             if key.startswith(prefix):
                 name = key[len(prefix) :]
-                if name.split(".", 1)[0] not in _NOT_KNOBS:
+                if name.split(".", 1)[0] not in NON_KNOB_KEYS:
                     knobs[label + name] = _none_text(value)
     return json.dumps(knobs, sort_keys=True)
 
@@ -120,7 +113,7 @@ def make_row(
         "error": _none_text(tags.get("error")),
         "start_time": start_time,
     }
-    for key in IDENTITY:
+    for key in record.REPORT_TAGS:
         row[key] = _none_text(tags.get(key))
     row["loss"] = row["loss"] or _none_text(params.get("train.loss"))
     row["task"] = row["task"] or _none_text(params.get("task"))
@@ -244,7 +237,7 @@ class MlflowSource:
                 break
         return to_frame(rows)
 
-    def history(self, run_ids: Iterable[str], key: str = "train/loss") -> pd.DataFrame:
+    def history(self, run_ids: Iterable[str], key: str = record.TRAIN_LOSS) -> pd.DataFrame:
         """Per-epoch values of ``key`` (step = epoch): columns run_id, epoch, value."""
         rows = []
         for run_id in run_ids:
@@ -282,18 +275,18 @@ class FolderSource:
         tag, ``filter_string`` supports ``tags.K = 'V'`` / ``params.K != 'V'`` joined by AND."""
         clauses = parse_simple_filter(filter_string)
         rows = []
-        for path in sorted(self.root.rglob("metrics.json")):
+        for path in sorted(self.root.rglob(record.METRICS_FILE)):
             try:
-                record = json.loads(path.read_text())
+                saved = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if not isinstance(record, dict):
+            if not isinstance(saved, dict):
                 continue
             run_dir = path.parent
             run_id = str(run_dir.relative_to(self.root))
-            self._records[run_id] = record
+            self._records[run_id] = saved
             params, resolved = _folder_params(run_dir)
-            tags = {k: v for k, v in record.items() if isinstance(v, (str, int, float))}
+            tags = {k: v for k, v in saved.items() if isinstance(v, (str, int, float))}
             tags.setdefault("run_dir", str(run_dir))
             # run folders record the preset as `preset` (older ones as `experiment`)
             preset = tags.get("preset") or tags.get("experiment")
@@ -301,9 +294,9 @@ class FolderSource:
                 continue
             if not all(_clause_holds(c, tags, params) for c in clauses):
                 continue
-            status = str(record.get("status", "FINISHED"))
-            metrics = record.get("metrics") or {}
-            same_as = record.get("same_as")
+            status = str(saved.get("status", "FINISHED"))
+            metrics = saved.get("metrics") or {}
+            same_as = saved.get("same_as")
             if status == "SKIPPED" and isinstance(same_as, dict):  # the finished twin's numbers
                 metrics = same_as.get("metrics") or {}
             row = make_row(
@@ -317,7 +310,7 @@ class FolderSource:
             rows.append(row)
         return to_frame(rows)
 
-    def history(self, run_ids: Iterable[str], key: str = "train/loss") -> pd.DataFrame:
+    def history(self, run_ids: Iterable[str], key: str = record.TRAIN_LOSS) -> pd.DataFrame:
         """Per-epoch values of ``key`` from each run's ``history`` list."""
         rows = []
         for run_id in run_ids:
@@ -337,7 +330,7 @@ def _folder_params(run_dir: Path) -> tuple[dict[str, str], bool]:
     import yaml
     from omegaconf import OmegaConf
 
-    for candidate in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+    for candidate in (run_dir / record.CONFIG_FILE, run_dir / record.HYDRA_CONFIG):
         if candidate.is_file():
             try:
                 tree = yaml.safe_load(candidate.read_text())
@@ -345,7 +338,7 @@ def _folder_params(run_dir: Path) -> tuple[dict[str, str], bool]:
                 continue
             if not isinstance(tree, dict):
                 continue
-            resolved = candidate.name == "config.yaml" and candidate.parent == run_dir
+            resolved = candidate == run_dir / record.CONFIG_FILE
             if not resolved:
                 try:
                     tree = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)

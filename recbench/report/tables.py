@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recbench.tracking import FOLLOWS_SEED, is_hash_seed
+from recbench import record
 from recbench.report.cells import assign_cells, parse_config, reference_key
 from recbench.report.stats import (
     ALPHA,
@@ -57,6 +57,7 @@ from recbench.report.stats import (
     compare_paired,
     summarize,
 )
+from recbench.tracking import FOLLOWS_SEED, is_hash_seed
 
 #: A table per section; its rows per row key; its column groups per model.
 SECTION_KEYS = ("dataset", "eval_protocol", "task_kind")
@@ -96,16 +97,18 @@ def metric_specs(kind: str, columns: Sequence[str]) -> list[MetricSpec]:
     recorded, else the smallest k recorded (``eval.k`` can change it)."""
     size = MetricSpec("Size %", SIZE, None, 100.0)
     if kind == "rating":
-        return [MetricSpec("RMSE", "test/rmse", False), MetricSpec("MAE", "test/mae", False), size]
-    ks = sorted(
-        int(m.group(1)) for c in columns if (m := re.fullmatch(r"test/hr_at_(\d+)", str(c)))
-    )
-    k = 10 if (10 in ks or not ks) else ks[0]
-    return [
-        MetricSpec(f"HR@{k}", f"test/hr_at_{k}", True),
-        MetricSpec(f"NDCG@{k}", f"test/ndcg_at_{k}", True),
-        size,
-    ]
+        names = [record.metric_name("rmse"), record.metric_name("mae")]
+    else:
+        parsed = [record.parse_metric(c) for c in columns]
+        hr_at = [m for m in parsed if m.prefix == record.TEST and m.base == "hr"]
+        ks = sorted(m.k for m in hr_at if m.k is not None)
+        k = 10 if (10 in ks or not ks) else ks[0]
+        names = [record.metric_name("hr", k), record.metric_name("ndcg", k)]
+    specs = []
+    for name in names:
+        column = record.key(record.TEST, name)
+        specs.append(MetricSpec(record.metric_label(column), column, record.higher_is_better(name)))
+    return [*specs, size]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +134,7 @@ def resolve_skipped(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     known_ids = set(finished["run_id"].astype(str))
     known_dirs = {_norm_path(d) for d in finished.get("run_dir", pd.Series(dtype=str)).fillna("") if d}
     known_hashes = {h for h in finished["config_hash"].fillna("").astype(str) if h}
-    metric_cols = [c for c in out.columns if str(c).startswith("test/")]
+    metric_cols = [c for c in out.columns if record.parse_metric(c).prefix == record.TEST]
     drop, stood = [], 0
     for i in out.index[out["status"] == "SKIPPED"]:
         same_as = str(out.at[i, "same_as"] or "") if "same_as" in out else ""
@@ -252,8 +255,8 @@ def summary_metrics(columns: Sequence[str]) -> list[str]:
     """Metric columns worth averaging: final test, size, time, fit and popularity numbers. Per-epoch
     ``train/`` and ``val/`` series are left out: MLflow's "latest value" of them is the last
     epoch's, not the best epoch's, so a mean of it would mislead."""
-    keep = ("test/", "size/", "time/", "fit/", "popularity/")
-    return sorted(c for c in columns if str(c).startswith(keep))
+    keep = (record.TEST, "size", "time", "fit", record.POPULARITY)
+    return sorted(c for c in columns if str(c).startswith(tuple(f"{p}/" for p in keep)))
 
 
 def _where(rec: pd.Series | dict) -> str:

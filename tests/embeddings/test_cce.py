@@ -109,18 +109,21 @@ def test_schedule_clusters_every_n_epochs_a_fixed_number_of_times() -> None:
 
 
 def test_fit_calls_the_hook_and_drops_the_tables_optimizer_state() -> None:
+    from recbench.engine.loop import FitOptions, fit
+    from recbench.engine.optim import make_optimizer
+    from recbench.engine.samplers.pairs import PairSampler
     from recbench.models.base import DataInfo
     from recbench.models.gmf import GMF
-    from recbench.training import PairSampler, fit, make_optimizer
     from tests.test_training import small_ranking_data
 
     data = small_ranking_data()
     factory = functools.partial(CCEmbedding, num_columns=2, num_rows=8, num_clusterings=2)
     model = GMF(DataInfo.from_prepared(data), factory, embedding_dim=8)
-    fit(model, PairSampler(data, 2, 64, torch.device("cpu")), loss="bce", epochs=3, lr=0.01, progress=False)
+    options = FitOptions(loss="bce", epochs=3, lr=0.01, progress=False)
+    fit(model, PairSampler(data, 2, 64, torch.device("cpu")), options)
     assert model.item_embedding.rounds.tolist() == [2, 2] == model.user_embedding.rounds.tolist()
     # What the loop does with the returned parameters: their Adam state is dropped, the rest kept.
-    from recbench.training import bce_loss
+    from recbench.engine.losses.ranking import bce_loss
 
     optimizer = make_optimizer(model, lr=0.01, weight_decay=0.0)
     model.train()

@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 
 from recbench.assembly import build_model, load_data
 from recbench.embeddings.base import embedding_layers
+from recbench.engine.loop import FitOptions, fit
 from recbench.tasks import build_task
-from recbench.training import fit
 from tests.conftest import CONF
 from tests.test_serving import TINY_DATA, export_and_check
 
@@ -29,7 +29,8 @@ def test_two_epochs_then_artifact(method: str, model_name: str, tmp_path: Path) 
     torch.manual_seed(0)
     model = build_model(cfg, data)
     parts = build_task(data, cfg, torch.device("cpu"))
-    result = fit(model, parts.sampler, loss=cfg.train.loss, epochs=2, lr=0.01, progress=False, seed=0)
+    options = FitOptions(loss=cfg.train.loss, epochs=2, lr=0.01, progress=False, seed=0)
+    result = fit(model, parts.sampler, options)
     assert all(torch.isfinite(torch.tensor(row["train/loss"])) for row in result.history)
     for layer in embedding_layers(model).values():
         if method == "cce":

@@ -14,14 +14,16 @@ from recbench.data.interactions import Interactions
 from recbench.data.prepared import prepare
 from recbench.embeddings.base import embedding_layers
 from recbench.embeddings.full import FullEmbedding
+from recbench.engine.evaluators.full import RankingEvaluator
+from recbench.engine.evaluators.sequences import SequenceContext
+from recbench.engine.loop import FitOptions, fit
+from recbench.engine.samplers.pairs import PairSampler
+from recbench.engine.samplers.sequences import SequenceSampler
 from recbench.errors import ConfigError
-from recbench.evaluation import RankingEvaluator
 from recbench.models.base import DataInfo
 from recbench.models.gmf import GMF
 from recbench.models.sasrec import SASRec
-from recbench.sequential import SequenceContext, SequenceSampler
 from recbench.size import model_size
-from recbench.training import PairSampler, fit
 from tests.conftest import assert_grads_close, disable_dropout, method_names
 from tests.models.helpers import build_with_method, tiny_info
 
@@ -172,13 +174,13 @@ def test_sasrec_learns_a_sequential_pattern_that_gmf_cannot() -> None:
         dropout=0.0,
     )
     sampler = SequenceSampler(seq_data, max_len=12, num_negatives=1, batch_size=64, device=cpu)
-    fit(sasrec, sampler, loss="bce", epochs=20, lr=0.01, progress=False)
+    fit(sasrec, sampler, FitOptions(loss="bce", epochs=20, lr=0.01, progress=False))
     evaluator = RankingEvaluator(seq_data, context_of=SequenceContext(seq_data, 12))
     sasrec_hr = evaluator.evaluate(sasrec, "test")["hr_at_10"]
 
     rank_data = prepare(inter, "ranking", seed=0)
     gmf = GMF(DataInfo.from_prepared(rank_data), factory, embedding_dim=32)
-    fit(gmf, PairSampler(rank_data, 4, 64, cpu), loss="bce", epochs=20, lr=0.01, progress=False)
+    fit(gmf, PairSampler(rank_data, 4, 64, cpu), FitOptions(loss="bce", epochs=20, lr=0.01, progress=False))
     gmf_hr = RankingEvaluator(rank_data).evaluate(gmf, "test")["hr_at_10"]
 
     assert sasrec_hr > 0.8, sasrec_hr

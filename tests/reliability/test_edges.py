@@ -12,8 +12,8 @@ import torch
 from recbench.checks import check_data_fit, preflight
 from recbench.data.filters import deduplicate
 from recbench.data.interactions import Interactions
+from recbench.engine.samplers.negatives import NegativeSampler
 from recbench.errors import ConfigError, DataError
-from recbench.training import NegativeSampler
 from tests.reliability.conftest import TINY, one_line_error, recbench_cmd, run, runs_of
 
 

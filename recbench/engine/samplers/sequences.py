@@ -1,4 +1,5 @@
-"""The sequential task: item sequences for training and the evaluation contexts.
+"""The sequential task's sampler: item sequences for training (the evaluation contexts are
+``recbench.engine.evaluators.sequences``).
 
 Data come from the same leave-last-two-out split as the ranking task (``PreparedData``, training
 events sorted by user and time; the last event of each user is the test item, the one before it the
@@ -8,8 +9,8 @@ validation item). On top of it:
   ``T >= 2`` gives one example per epoch, the input ``s_1..s_{T-1}`` and the positives ``s_2..s_T``
   (position t predicts the next item), both keeping the most recent ``max_len`` and left-padded with
   0. Each real position gets ``num_negatives`` negatives drawn uniformly among the items the user has
-  no training interaction with (``training.NegativeSampler``); padding positions are masked out of
-  the loss (``Batch.mask``).
+  no training interaction with (``samplers.negatives.NegativeSampler``); padding positions are
+  masked out of the loss (``Batch.mask``).
 * **Evaluation contexts**: the validation prediction is conditioned on the training sequence, the
   test prediction on the training sequence followed by the validation item (last ``max_len`` items,
   left-padded). Exclusion of already-seen items is the evaluator's job (``RankingEvaluator``).
@@ -17,6 +18,7 @@ validation item). On top of it:
 Everything is built once, vectorised, as tensors on the training device; an epoch only permutes users,
 draws negatives and slices batches.
 """
+
 
 from __future__ import annotations
 
@@ -29,9 +31,10 @@ import torch
 from torch import Tensor
 
 from recbench.data.prepared import PreparedData
+from recbench.engine.contracts import Batch
+from recbench.engine.samplers.negatives import NegativeSampler
+from recbench.engine.samplers.shared import SharedNegatives
 from recbench.errors import ConfigError, DataError
-from recbench.sampled_softmax import SharedNegatives
-from recbench.training import Batch, NegativeSampler
 
 
 def left_padded_windows(
@@ -58,41 +61,6 @@ def training_sequences(data: PreparedData, max_len: int) -> tuple[np.ndarray, np
     inputs = left_padded_windows(items, starts, ends - 1, max_len)
     positives = left_padded_windows(items, starts + 1, ends, max_len)
     return users, inputs, positives
-
-
-def evaluation_sequences(data: PreparedData, max_len: int) -> dict[str, np.ndarray]:
-    """Per part, a ``(num_users + 1, max_len)`` table: row u is user u's context. ``valid``: the
-    training sequence; ``test``: the training sequence followed by the validation item."""
-    indptr, items = data.train_csr()
-    num_rows = data.num_users + 1
-    rows = np.arange(num_rows, dtype=np.int64)
-    valid = left_padded_windows(items, indptr[:-1], indptr[1:], max_len)
-    # Test: shift the training window left by one and append the validation item.
-    next_item = np.zeros(num_rows, dtype=np.int64)
-    next_item[data.valid.user] = data.valid.item
-    test = left_padded_windows(items, indptr[:-1], indptr[1:], max_len + 1)[:, 1:].copy()
-    has_valid = next_item[rows] != 0
-    test[has_valid, :-1] = test[has_valid, 1:]
-    test[has_valid, -1] = next_item[has_valid]
-    if not has_valid.all():  # users without a validation item keep their training window
-        test[~has_valid] = valid[~has_valid]
-    return {"valid": valid, "test": test}
-
-
-class SequenceContext:
-    """``context_of(users, part)`` for ``RankingEvaluator``: user ids -> their left-padded input
-    sequences for the validation or the test prediction."""
-
-    def __init__(self, data: PreparedData, max_len: int, device: torch.device | str = "cpu") -> None:
-        check_max_len(max_len)
-        self.max_len = int(max_len)
-        self.tables = {
-            part: torch.from_numpy(table).to(device)
-            for part, table in evaluation_sequences(data, max_len).items()
-        }
-
-    def __call__(self, users: Tensor, part: str) -> Tensor:
-        return self.tables[part][users]
 
 
 @dataclass

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from recbench.data.prepared import PreparedData
+from recbench.engine.evaluators.metrics import metrics_from_ranks, ranks_of_targets
 from recbench.errors import ConfigError, DataError
-from recbench.evaluation import metrics_from_ranks, ranks_of_targets
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ def load_or_draw(
 class SampledEvaluator:
     """Ranks the held-out item of each user against that user's saved sampled items.
 
-    Same interface as ``RankingEvaluator`` (``evaluate(model, part)``, ``popularity(counts, part)``,
-    ``context_of(users, part)``).
+    A ``contracts.RankingEvaluation``, as the full-ranking ``RankingEvaluator`` is
+    (``evaluate(model, part)``, ``popularity(counts, part)``, ``context_of(users, part)``, ``k``).
     """
 
     protocol = "sampled"
