@@ -17,9 +17,14 @@ Id conventions (shared by every method):
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,6 +33,88 @@ from recbench.errors import ConfigError
 
 #: What ``instantiate(cfg.method)`` returns: a partial that builds one embedding layer.
 EmbeddingFactory = Callable[..., "CompressedEmbedding"]
+
+K = TypeVar("K", bound="Knobs")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """A method's knobs, typed: the field defaults are THE defaults (the layer's ``__init__`` takes
+    ``**knobs`` and never repeats them) and ``validate`` holds every check that needs no data.
+
+    Why one class: defaults written twice (``__init__`` and ``check_knobs``) drift apart; here the
+    YAML, ``check_knobs`` (before data loads), the constructor and ``knobs()`` (the record) read the
+    same fields. A subclass per method lives beside its layer and is named by the layer's
+    ``knob_type``.
+    """
+
+    def validate(self, embedding_dim: int) -> None:
+        """Raise ``ConfigError`` with a one-line message that names the knob (``method.<name>``)
+        and the fix. The default checks nothing beyond the field types."""
+
+    @classmethod
+    def parse(cls: type[K], given: Mapping[str, Any], owner: str) -> K:
+        """The knobs ``given`` (the rest at their defaults); an unknown key fails with the nearest
+        valid one, as a mistyped key of any other config node does."""
+        names = [f.name for f in fields(cls)]
+        unknown = [str(k) for k in given if k not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)
+            hint = f"did you mean method.{close[0]}? " if close else ""
+            raise ConfigError(
+                f"unknown key 'method.{unknown[0]}' for {owner}; {hint}valid keys: "
+                f"{', '.join(names) or '(none)'}"
+            )
+        return cls(**given)
+
+    def check_types(self) -> None:
+        """Each value matches its field's annotation (ints may not be booleans; a float field
+        takes an int); raises ``ConfigError`` naming the knob and the expected type."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value, expected = getattr(self, f.name), hints[f.name]
+            if not _matches(value, expected):
+                raise ConfigError(
+                    f"method.{f.name}={value!r} is not {_describe(expected)}; give "
+                    f"{_describe(expected)} (default {f.default!r})"
+                )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Field name -> value, in field order (what ``knobs()`` records)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """``value`` fits the annotation ``expected`` (the subset knobs use: scalars, unions, lists)."""
+    if expected is Any:
+        return True
+    origin = typing.get_origin(expected)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(expected))
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(expected) or (Any,)
+        return isinstance(value, list | tuple) and all(_matches(v, item) for v in value)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _describe(expected: Any) -> str:
+    """``an integer or null``: an annotation in words."""
+    origin = typing.get_origin(expected)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(expected))
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(expected) or (Any,)
+        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s"
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return "null" if expected is type(None) else words.get(expected, getattr(expected, "__name__", str(expected)))
 
 
 class CompressedEmbedding(nn.Module):
@@ -39,6 +126,11 @@ class CompressedEmbedding(nn.Module):
 
     #: True for methods whose construction reads ``counts`` (frequency tiers, mixed dimensions).
     frequency_aware: ClassVar[bool] = False
+    #: The method's knobs (defaults and checks); ``check_knobs`` and ``knobs()`` are built from it.
+    knob_type: ClassVar[type[Knobs]] = Knobs
+    #: True for methods whose artifact stores integer codes per id (scalar quantisation, DPQ,
+    #: MGQE): they also implement ``codes_from_serving``, which the code-similarity report reads.
+    stores_codes: ClassVar[bool] = False
 
     def __init__(
         self, num_embeddings: int, embedding_dim: int, *, counts: Tensor | None = None
@@ -62,7 +154,7 @@ class CompressedEmbedding(nn.Module):
                 )
         self.counts: Tensor | None = counts
         self._aux_terms: list[Tensor] = []
-        #: Set by ``train.sparse``: lookups through ``_lookup`` then produce sparse gradients.
+        #: Set by ``enable_sparse_gradients``: lookups through ``_lookup`` then give sparse gradients.
         self.sparse_grad = False
 
     # ----------------------------------------------------------------- contract
@@ -125,16 +217,27 @@ class CompressedEmbedding(nn.Module):
         raise NotImplementedError
 
     def knobs(self) -> dict[str, Any]:
-        """The resolved knobs of this layer (recorded with each run); subclasses extend it."""
-        return {}
+        """The resolved knobs of this layer (recorded with each run): by default the attribute of
+        each ``knob_type`` field, so a layer stores its resolved knobs under their own names."""
+        return {f.name: getattr(self, f.name) for f in fields(self.knob_type)}
 
     @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        """Validate knobs before any data is loaded; raise ``ConfigError`` with the fix.
+    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> Knobs:
+        """Validate knobs before any data is loaded and return them typed, defaults filled in;
+        raise ``ConfigError`` naming the knob and the fix.
 
-        Called by ``run.py`` with the method's YAML knobs (``budget`` excluded). The default accepts
-        everything; methods with impossible settings override it.
+        Called by ``checks.check_method`` with the method's YAML knobs (``NON_KNOB_KEYS``
+        excluded) and by each layer's ``__init__``: unknown keys, wrong types and the method's own
+        ``knob_type.validate`` rules fail the same way in both places.
         """
+        parsed = cls.knob_type.parse(knobs, cls.__name__)
+        try:
+            parsed.validate(embedding_dim)
+        except (TypeError, ValueError):  # a comparison on a wrongly typed value: say the type
+            parsed.check_types()
+            raise
+        parsed.check_types()
+        return parsed
 
     # ------------------------------------------------------------ equal memory
     @classmethod
@@ -172,9 +275,27 @@ class CompressedEmbedding(nn.Module):
         return []
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        """Tables read only through ``_lookup`` (row gathers), which ``train.sparse`` may train
-        with sparse gradients; ``nn.Embedding`` children are found separately. Default: none."""
+        """The method's own tables read only through ``_lookup`` (row gathers), which may train
+        with sparse gradients; ``nn.Embedding`` children are handled by
+        ``enable_sparse_gradients``. Default: none."""
         return []
+
+    def enable_sparse_gradients(self, enabled: bool = True) -> list[nn.Parameter]:
+        """Switch this layer's row-gathered tables to sparse gradients (``train.sparse``) or back;
+        return the trainable tables that now get sparse gradients (for SparseAdam).
+
+        Covers ``sparse_parameters()`` (through ``_lookup``) and every ``nn.Embedding`` inside the
+        layer; projections, centroids and MLPs stay dense. The training loop asks each layer
+        rather than knowing which methods hold which tables.
+        """
+        own = self.sparse_parameters()
+        self.sparse_grad = bool(enabled and own)
+        tables = list(own)
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = bool(enabled)
+                tables.append(module.weight)
+        return [t for t in tables if t.requires_grad] if enabled else []
 
     # ------------------------------------------------------------------ helpers
     def _lookup(self, index: Tensor, table: Tensor) -> Tensor:
@@ -207,6 +328,30 @@ def embedding_layers(module: nn.Module) -> Mapping[str, CompressedEmbedding]:
     return found
 
 
+def check_budget(raw: Any, where: str = "method") -> float | None:
+    """The method node's ``budget`` as a float, or None when unset; raises ``ConfigError`` unless
+    it is a fraction in (0, 1] of the full float32 size.
+
+    The budget is not a knob: it belongs to the method config (``NON_KNOB_KEYS``), is checked
+    here before any data loads, and is turned into knobs per layer by ``solve_budget``.
+    """
+    if raw is None:
+        return None
+    try:
+        budget = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}.budget={raw} is not a number; give a fraction of the full size in (0, 1], "
+            f"e.g. {where}.budget=0.25"
+        ) from None
+    if not 0 < budget <= 1:
+        raise ConfigError(
+            f"{where}.budget={raw} is outside (0, 1]: the budget is a fraction of the full float32 "
+            f"size (1 = no compression); e.g. {where}.budget=0.25"
+        )
+    return budget
+
+
 class BudgetedFactory:
     """Wraps a method's factory so that each layer's size knob is solved for ``budget`` (a fraction
     of that layer's full float32 size) once the layer's shape and counts are known.
@@ -217,10 +362,8 @@ class BudgetedFactory:
     """
 
     def __init__(self, factory: Callable[..., CompressedEmbedding], budget: float) -> None:
-        if not budget > 0:
-            raise ConfigError(f"method.budget={budget} must be > 0 (a fraction of the full size)")
         self.factory = factory
-        self.budget = float(budget)
+        self.budget = check_budget(budget)
 
     def __call__(
         self, num_embeddings: int, embedding_dim: int, *, counts: Tensor | None = None
@@ -229,3 +372,6 @@ class BudgetedFactory:
         knobs = dict(getattr(self.factory, "keywords", {}) or {})
         solved = cls.solve_budget(self.budget, num_embeddings - 1, embedding_dim, counts, **knobs)
         return cls(num_embeddings, embedding_dim, counts=counts, **solved)
+
+
+NON_KNOB_KEYS: tuple[str, ...] = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "budget")
