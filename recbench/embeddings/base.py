@@ -128,9 +128,6 @@ class CompressedEmbedding(nn.Module):
     frequency_aware: ClassVar[bool] = False
     #: The method's knobs (defaults and checks); ``check_knobs`` and ``knobs()`` are built from it.
     knob_type: ClassVar[type[Knobs]] = Knobs
-    #: True for methods whose artifact stores integer codes per id (scalar quantisation, DPQ,
-    #: MGQE): they also implement ``codes_from_serving``, which the code-similarity report reads.
-    stores_codes: ClassVar[bool] = False
 
     def __init__(
         self, num_embeddings: int, embedding_dim: int, *, counts: Tensor | None = None
@@ -215,6 +212,21 @@ class CompressedEmbedding(nn.Module):
         Must equal ``full_table()`` of the exporting layer in eval mode (row 0 zeros).
         """
         raise NotImplementedError
+
+    @classmethod
+    def codes_from_serving(
+        cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+    ) -> Tensor:  # pragma: no cover - abstract
+        """The ``(n, positions)`` integer codes of the real ids, from the artifact alone; only
+        methods that store codes (``stores_codes``) implement it."""
+        raise NotImplementedError(f"{cls.__name__} stores no integer codes")
+
+    @classmethod
+    def stores_codes(cls) -> bool:
+        """Whether the artifact holds integer codes per id (scalar and learned quantisation, DPQ,
+        MGQE): true exactly when the method implements ``codes_from_serving``. The code-similarity
+        report asks this rather than knowing the methods."""
+        return cls.codes_from_serving.__func__ is not CompressedEmbedding.codes_from_serving.__func__
 
     def knobs(self) -> dict[str, Any]:
         """The resolved knobs of this layer (recorded with each run): by default the attribute of
