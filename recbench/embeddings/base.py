@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar, Union
 
@@ -93,7 +93,8 @@ def _matches(value: Any, expected: Any) -> bool:
         return any(_matches(value, arg) for arg in typing.get_args(expected))
     if origin in (list, tuple):
         (item, *_) = typing.get_args(expected) or (Any,)
-        return isinstance(value, list | tuple) and all(_matches(v, item) for v in value)
+        sequence = isinstance(value, Sequence) and not isinstance(value, str)  # ListConfig too
+        return sequence and all(_matches(v, item) for v in value)
     if expected is type(None):
         return value is None
     if expected is bool:
