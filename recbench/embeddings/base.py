@@ -75,13 +75,9 @@ class Knobs:
             value, expected = getattr(self, f.name), hints[f.name]
             if not _matches(value, expected):
                 raise ConfigError(
-                    f"method.{f.name}={value!r} is not {_describe(expected)}; give "
-                    f"{_describe(expected)} (default {f.default!r})"
+                    f"method.{f.name}={value!r} must be {_describe(expected)}; the default is "
+                    f"method.{f.name}={f.default!r}"
                 )
-
-    def as_dict(self) -> dict[str, Any]:
-        """Field name -> value, in field order (what ``knobs()`` records)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _matches(value: Any, expected: Any) -> bool:
@@ -102,7 +98,8 @@ def _matches(value: Any, expected: Any) -> bool:
     if expected is int:
         return isinstance(value, int | np.integer) and not isinstance(value, bool)
     if expected is float:
-        return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+        numbers = int | float | np.integer | np.floating
+        return isinstance(value, numbers) and not isinstance(value, bool)
     return isinstance(value, expected)
 
 
@@ -113,9 +110,11 @@ def _describe(expected: Any) -> str:
         return " or ".join(_describe(arg) for arg in typing.get_args(expected))
     if origin in (list, tuple):
         (item, *_) = typing.get_args(expected) or (Any,)
-        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list (each {_describe(item)})"
     words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    return "null" if expected is type(None) else words.get(expected, getattr(expected, "__name__", str(expected)))
+    if expected is type(None):
+        return "null"
+    return words.get(expected, getattr(expected, "__name__", str(expected)))
 
 
 class CompressedEmbedding(nn.Module):
@@ -152,7 +151,7 @@ class CompressedEmbedding(nn.Module):
                 )
         self.counts: Tensor | None = counts
         self._aux_terms: list[Tensor] = []
-        #: Set by ``enable_sparse_gradients``: lookups through ``_lookup`` then give sparse gradients.
+        #: Set by ``enable_sparse_gradients``: ``_lookup`` then gives sparse gradients.
         self.sparse_grad = False
 
     # ----------------------------------------------------------------- contract
@@ -227,7 +226,8 @@ class CompressedEmbedding(nn.Module):
         """Whether the artifact holds integer codes per id (scalar and learned quantisation, DPQ,
         MGQE): true exactly when the method implements ``codes_from_serving``. The code-similarity
         report asks this rather than knowing the methods."""
-        return cls.codes_from_serving.__func__ is not CompressedEmbedding.codes_from_serving.__func__
+        own = cls.codes_from_serving.__func__  # type: ignore[attr-defined]
+        return own is not CompressedEmbedding.codes_from_serving.__func__  # type: ignore[attr-defined]
 
     def knobs(self) -> dict[str, Any]:
         """The resolved knobs of this layer (recorded with each run): by default the attribute of

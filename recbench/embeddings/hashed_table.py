@@ -32,7 +32,7 @@ class HashedTableKnobs(Knobs):
     """Bucket count, hash family and seed, init: the knobs of the hashing trick."""
 
     num_buckets: int | None = None  # m; when set it overrides compression_ratio
-    compression_ratio: float | None = 0.25  # m = floor(compression_ratio * n) when num_buckets is null
+    compression_ratio: float | None = 0.25  # m = floor(ratio * n) when num_buckets is null
     hash_family: str = "murmur3"
     hash_seed: int = 0
     init_std: float = 0.01

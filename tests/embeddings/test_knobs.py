@@ -51,7 +51,9 @@ def test_unknown_knob_is_refused_with_the_nearest_key(name: str) -> None:
     cls = layer_class(name)
     first = dataclasses.fields(cls.knob_type)[0].name
     typo = first[:-1] + ("x" if first[-1] != "x" else "y")
-    with pytest.raises(ConfigError, match=rf"unknown key 'method\.{typo}'.*did you mean method\.{first}\?"):
+    with pytest.raises(
+        ConfigError, match=rf"unknown key 'method\.{typo}'.*did you mean method\.{first}\?"
+    ):
         cls.check_knobs(64, **{typo: 1})
     with pytest.raises(ConfigError, match="unknown key"):  # the constructor refuses it too
         cls(11, 8, **{typo: 1})
@@ -71,7 +73,7 @@ def test_wrongly_typed_knob_is_one_config_error(name: str) -> None:
 def test_check_types_names_the_expected_type() -> None:
     from recbench.embeddings.low_rank import LowRankEmbedding
 
-    with pytest.raises(ConfigError, match=r"method\.init_std='x' is not a number"):
+    with pytest.raises(ConfigError, match=r"method\.init_std='x' must be a number; the default is method\.init_std=0\.01"):
         LowRankEmbedding.check_knobs(64, init_std="x")
     with pytest.raises(ConfigError, match=r"method\.rank=True"):
         LowRankEmbedding.check_knobs(64, rank=True)
@@ -93,7 +95,9 @@ def test_enable_sparse_gradients_switches_what_it_returns(name: str) -> None:
     tables = layer.enable_sparse_gradients(True)
     embeddings = [m for m in layer.modules() if isinstance(m, torch.nn.Embedding)]
     expected = {id(p) for p in layer.sparse_parameters()} | {id(m.weight) for m in embeddings}
-    assert {id(t) for t in tables} == {id(p) for p in layer.parameters() if id(p) in expected and p.requires_grad}
+    assert {id(t) for t in tables} == {
+        id(p) for p in layer.parameters() if id(p) in expected and p.requires_grad
+    }
     assert layer.sparse_grad == bool(layer.sparse_parameters())
     assert all(m.sparse for m in embeddings)
     if tables:  # a lookup then gives sparse gradients for those tables
