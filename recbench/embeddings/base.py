@@ -21,7 +21,7 @@ import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, TypeVar, Union
 
 import numpy as np
@@ -79,6 +79,15 @@ class Knobs:
                     f"method.{f.name}={f.default!r}"
                 )
 
+    def coerced(self: K) -> K:
+        """The same knobs as plain Python values of their field types (numpy and integral-float
+        ints to int, ints to float for number fields, YAML lists to lists), so that layers and the
+        record (``knobs()``, JSON) never see a ``ListConfig`` or a numpy scalar."""
+        hints = typing.get_type_hints(type(self))
+        return replace(
+            self, **{f.name: _coerce(getattr(self, f.name), hints[f.name]) for f in fields(self)}
+        )
+
 
 def _matches(value: Any, expected: Any) -> bool:
     """``value`` fits the annotation ``expected`` (the subset knobs use: scalars, unions, lists)."""
@@ -95,12 +104,27 @@ def _matches(value: Any, expected: Any) -> bool:
         return value is None
     if expected is bool:
         return isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if expected is int:  # an integral float (16.0) passes, as the knob checks always let it
+        integral = isinstance(value, float | np.floating) and float(value).is_integer()
+        return (isinstance(value, int | np.integer) or integral) and not isinstance(value, bool)
     if expected is float:
         numbers = int | float | np.integer | np.floating
         return isinstance(value, numbers) and not isinstance(value, bool)
     return isinstance(value, expected)
+
+
+def _coerce(value: Any, expected: Any) -> Any:
+    """``value`` (which ``_matches`` ``expected``) as the plain Python type of the annotation."""
+    origin = typing.get_origin(expected)
+    if origin in (Union, types.UnionType):
+        arg = next(a for a in typing.get_args(expected) if _matches(value, a))
+        return _coerce(value, arg)
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(expected) or (Any,)
+        return [_coerce(v, item) for v in value]
+    if expected in (int, float, str, bool):
+        return expected(value)
+    return value
 
 
 def _describe(expected: Any) -> str:
@@ -130,8 +154,17 @@ class CompressedEmbedding(nn.Module):
     knob_type: ClassVar[type[Knobs]] = Knobs
 
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, *, counts: Tensor | None = None
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        counts: Tensor | None = None,
+        **knobs: Any,
     ) -> None:
+        """Checks the shape and counts, then the knobs (``check_knobs``): each field of
+        ``knob_type`` becomes an attribute of the same name, as given or at its default (a
+        subclass may then resolve it, e.g. ``num_buckets`` from ``compression_ratio``), and
+        ``given_knobs`` keeps the validated knobs as given."""
         super().__init__()
         if int(num_embeddings) < 2:
             raise ConfigError(
@@ -150,6 +183,11 @@ class CompressedEmbedding(nn.Module):
                     f"{self.num_embeddings} ids (padding included); pass one count per id"
                 )
         self.counts: Tensor | None = counts
+        self.given_knobs = CompressedEmbedding.check_knobs.__func__(  # type: ignore[attr-defined]
+            type(self), self.embedding_dim, **knobs
+        )  # the knob_type's rules even where a method still overrides check_knobs (DPQ, MGQE)
+        for f in fields(self.given_knobs):
+            setattr(self, f.name, getattr(self.given_knobs, f.name))
         self._aux_terms: list[Tensor] = []
         #: Set by ``enable_sparse_gradients``: ``_lookup`` then gives sparse gradients.
         self.sparse_grad = False
@@ -236,11 +274,11 @@ class CompressedEmbedding(nn.Module):
 
     @classmethod
     def check_knobs(cls, embedding_dim: int, **knobs: Any) -> Knobs:
-        """Validate knobs before any data is loaded and return them typed, defaults filled in;
-        raise ``ConfigError`` naming the knob and the fix.
+        """Validate knobs before any data is loaded and return them typed (``Knobs.coerced``),
+        defaults filled in; raise ``ConfigError`` naming the knob and the fix.
 
         Called by ``checks.check_method`` with the method's YAML knobs (``NON_KNOB_KEYS``
-        excluded) and by each layer's ``__init__``: unknown keys, wrong types and the method's own
+        excluded) and by the base ``__init__``: unknown keys, wrong types and the method's own
         ``knob_type.validate`` rules fail the same way in both places.
         """
         parsed = cls.knob_type.parse(knobs, cls.__name__)
@@ -250,7 +288,7 @@ class CompressedEmbedding(nn.Module):
             parsed.check_types()
             raise
         parsed.check_types()
-        return parsed
+        return parsed.coerced()
 
     # ------------------------------------------------------------ equal memory
     @classmethod

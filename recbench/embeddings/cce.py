@@ -156,22 +156,10 @@ class CCEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        num_rows, compression_ratio = given.num_rows, given.compression_ratio
-        self.num_columns = int(given.num_columns)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.column_dim = self.embedding_dim // self.num_columns
-        self.compression_ratio = None if compression_ratio is None else float(compression_ratio)
-        if num_rows is None:
-            assert compression_ratio is not None
-            num_rows = max(2, math.floor(float(compression_ratio) * self.num_ids + 1e-9))
-        self.num_rows = int(num_rows)
-        self.num_clusterings = int(given.num_clusterings)
-        self.cluster_every = int(given.cluster_every)
-        self.kmeans_iters = int(given.kmeans_iters)
-        self.hash_family = str(given.hash_family)
-        self.hash_seed = int(given.hash_seed)
-        self.init_std = float(given.init_std)
+        if self.num_rows is None:
+            self.num_rows = max(2, math.floor(self.compression_ratio * self.num_ids + 1e-9))
         # Column i's k rows are rows i*k .. i*k+k-1 of each 2-D table (2-D so that train.sparse
         # gathers them with sparse gradients).
         shape = (self.num_columns * self.num_rows, self.column_dim)

@@ -133,15 +133,11 @@ class DHEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         if self.num_embeddings > PRIME:
             raise ConfigError(
                 f"{self.num_ids} ids exceed DHE's universal hash (ids must stay below 2^31 - 1)"
             )
-        self.num_hashes, self.hash_range = int(given.num_hashes), int(given.hash_range)
-        self.encoding, self.hash_seed = str(given.encoding), int(given.hash_seed)
-        self.hidden_dim, self.num_layers = int(given.hidden_dim), int(given.num_layers)
         widths = [self.num_hashes] + [self.hidden_dim] * self.num_layers + [self.embedding_dim]
         self.linears = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
         self.norms = nn.ModuleList(nn.BatchNorm1d(self.hidden_dim) for _ in range(self.num_layers))

@@ -39,8 +39,7 @@ class FullEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.init_std = float(self.check_knobs(embedding_dim, **knobs).init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.weight_table = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=0)
         nn.init.normal_(self.weight_table.weight, std=self.init_std)
         with torch.no_grad():

@@ -76,23 +76,16 @@ class HashedTableEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        self.num_buckets = resolve_num_buckets(
-            given.num_buckets, given.compression_ratio, self.num_ids
-        )
-        self.compression_ratio = (
-            None if given.compression_ratio is None else float(given.compression_ratio)
-        )
-        self.hash_family = str(given.hash_family)
-        self.hash_seed = int(given.hash_seed)
-        self.init_std = float(given.init_std)
-        self.num_hashes = given.hash_count()
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
+        self.num_buckets = resolve_num_buckets(self.num_buckets, self.compression_ratio, self.num_ids)
+        self.num_hashes = self.given_knobs.hash_count()
         self.weight = nn.Parameter(
             torch.randn(self.num_buckets, self.embedding_dim) * self.init_std
         )
         self.register_buffer(
-            "mapping", self._mapping(self.num_embeddings, given, self.num_buckets), persistent=False
+            "mapping",
+            self._mapping(self.num_embeddings, self.given_knobs, self.num_buckets),
+            persistent=False,
         )
 
     @staticmethod

@@ -121,11 +121,7 @@ class LearnedQuantEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        self.bits = int(given.bits)
-        self.granularity = str(given.granularity)
-        self.init_std = float(given.init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.q_n, self.q_p = levels(self.bits)
         self.weight = nn.Parameter(torch.randn(self.num_embeddings, self.embedding_dim) * self.init_std)
         with torch.no_grad():

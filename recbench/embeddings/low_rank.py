@@ -53,10 +53,7 @@ class LowRankEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        self.rank = int(given.rank)
-        self.init_std = float(given.init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.table = nn.Parameter(torch.randn(self.num_ids, self.rank) * self.init_std)
         self.projection = nn.Parameter(
             torch.randn(self.rank, self.embedding_dim) / math.sqrt(self.rank)

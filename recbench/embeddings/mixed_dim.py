@@ -101,14 +101,9 @@ class MixedDimEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        self.num_blocks = int(given.num_blocks)
-        self.alpha = float(given.alpha)
-        self.min_dim = int(given.min_dim)
-        self.init_std = float(given.init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.block_sizes, self.block_dims = self._resolve(
-            self.num_ids, self.embedding_dim, self.counts, given
+            self.num_ids, self.embedding_dim, self.counts, self.given_knobs
         )
         self.tables = nn.ParameterList(
             nn.Parameter(torch.randn(n_i, d_i) * self.init_std)

@@ -134,15 +134,7 @@ class PEPEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        self.granularity = str(given.granularity)
-        self.threshold_init = float(given.threshold_init)
-        self.search_epochs = int(given.search_epochs)
-        target = given.target_sparsity
-        self.target_sparsity = None if target is None else float(target)
-        self.rewind = bool(given.rewind)
-        self.init_std = float(given.init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         total = self.num_ids * self.embedding_dim
         self.max_nonzeros: int | None = None
         if self.target_sparsity is not None:

@@ -88,15 +88,8 @@ class QuotientRemainderEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        self.num_buckets = resolve_num_buckets(
-            given.num_buckets, given.compression_ratio, self.num_ids
-        )
-        ratio = given.compression_ratio
-        self.compression_ratio = None if ratio is None else float(ratio)
-        self.combiner = str(given.combiner)
-        self.init_std = float(given.init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
+        self.num_buckets = resolve_num_buckets(self.num_buckets, self.compression_ratio, self.num_ids)
         d1, d2 = qr_split_dims(self.embedding_dim, self.combiner)
         num_quotients = -(-self.num_ids // self.num_buckets)
         q_mean, std = 0.0, self.init_std

@@ -118,23 +118,14 @@ class ROBEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        array_size, compression_ratio = given.array_size, given.compression_ratio
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         if self.num_embeddings > PRIME:
             raise ConfigError(
                 f"{self.num_ids} ids exceed ROBE's universal hash (ids must stay below 2^31 - 1)"
             )
-        self.compression_ratio = None if compression_ratio is None else float(compression_ratio)
-        self.array_size = (
-            int(array_size)
-            if array_size is not None
-            else max(
-                1, math.floor(float(compression_ratio) * self.num_ids * self.embedding_dim + 1e-9)
-            )
-        )
-        self.block_size, self.sign_hash = int(given.block_size), bool(given.sign_hash)
-        self.hash_seed, self.init_std = int(given.hash_seed), float(given.init_std)
+        if self.array_size is None:
+            ratio = self.compression_ratio
+            self.array_size = max(1, math.floor(ratio * self.num_ids * self.embedding_dim + 1e-9))
         self.array = nn.Parameter(torch.randn(self.array_size) * self.init_std)
         self.register_buffer("coef", robe_coefficients(self.hash_seed), persistent=False)
 

@@ -102,11 +102,7 @@ class ScalarQuantEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        self.bits = int(given.bits)
-        self.granularity = str(given.granularity)
-        self.init_std = float(given.init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.weight_table = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=0)
         nn.init.normal_(self.weight_table.weight, std=self.init_std)
         with torch.no_grad():

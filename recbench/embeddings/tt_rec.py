@@ -187,14 +187,11 @@ class TTRecEmbedding(CompressedEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        given = self.check_knobs(embedding_dim, **knobs)
-        self.num_cores = int(given.num_cores)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.rows, self.dims, self.ranks = resolve_shapes(
-            self.num_ids, self.embedding_dim, self.num_cores, given.tt_rank, given.n_factors,
-            given.d_factors,
+            self.num_ids, self.embedding_dim, self.num_cores, self.tt_rank, self.n_factors,
+            self.d_factors,
         )  # fmt: skip
-        self.init_std = float(given.init_std)
         core_std = (self.init_std**2 / math.prod(self.ranks)) ** (1.0 / (2 * self.num_cores))
         self.cores = nn.ParameterList(
             nn.Parameter(torch.randn(n, self.ranks[k], d, self.ranks[k + 1]) * core_std)

@@ -123,3 +123,21 @@ def test_budget_is_checked_apart_from_the_knobs() -> None:
             check_budget(bad)
     node = OmegaConf.create({"_target_": "x", "_partial_": True, "budget": 0.5, "rank": 4})
     assert method_knobs(node) == {"rank": 4}
+
+
+def test_knobs_become_plain_python_attributes() -> None:
+    """The base sets each knob as an attribute in its field's plain type: YAML lists (ListConfig)
+    become lists, numpy ints ints, an int init_std a float, so the record is plain JSON."""
+    import numpy as np
+
+    from recbench.embeddings.low_rank import LowRankEmbedding
+    from recbench.embeddings.mixed_dim import MixedDimEmbedding
+
+    low = LowRankEmbedding(11, 8, rank=np.int64(4), init_std=1)
+    assert type(low.rank) is int and type(low.init_std) is float
+    assert low.given_knobs == LowRankEmbedding.knob_type(rank=4, init_std=1.0)
+    mixed = MixedDimEmbedding(
+        11, 8, block_sizes=OmegaConf.create([4, None]), block_dims=OmegaConf.create([8, 2])
+    )
+    assert mixed.given_knobs.block_sizes == [4, None] and type(mixed.given_knobs.block_sizes) is list
+    assert mixed.knobs()["block_sizes"] == [4, 6] and mixed.knobs()["block_dims"] == [8, 2]
