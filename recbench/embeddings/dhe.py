@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
+from recbench.embeddings.hashing import PRIME, check_universal_hash_ids
 from recbench.errors import ConfigError
 
-PRIME = 2**31 - 1  # the universal hash's modulus p (a Mersenne prime); ids must stay below it
 ENCODINGS = ("uniform", "gaussian")
 
 
@@ -134,10 +134,7 @@ class DHEmbedding(CompressedEmbedding):
         **knobs: Any,
     ) -> None:
         super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
-        if self.num_embeddings > PRIME:
-            raise ConfigError(
-                f"{self.num_ids} ids exceed DHE's universal hash (ids must stay below 2^31 - 1)"
-            )
+        check_universal_hash_ids(self.num_embeddings, "DHE")
         widths = [self.num_hashes] + [self.hidden_dim] * self.num_layers + [self.embedding_dim]
         self.linears = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
         self.norms = nn.ModuleList(nn.BatchNorm1d(self.hidden_dim) for _ in range(self.num_layers))

@@ -22,6 +22,16 @@ class FullKnobs(Knobs):
             raise ConfigError(f"method.init_std={self.init_std} must be > 0, e.g. 0.01")
 
 
+def padded_table(num_embeddings: int, embedding_dim: int, init_std: float) -> nn.Embedding:
+    """An ``nn.Embedding`` with rows ``N(0, init_std^2)`` and a zero padding row 0 that gets no
+    gradient: the float table of full embeddings and of methods that train one (scalar quant)."""
+    table = nn.Embedding(num_embeddings, embedding_dim, padding_idx=0)
+    nn.init.normal_(table.weight, std=init_std)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
 class FullEmbedding(CompressedEmbedding):
     """A plain ``n x d`` float32 table; serving size ``32 * n * d`` bits.
 
@@ -40,10 +50,7 @@ class FullEmbedding(CompressedEmbedding):
         **knobs: Any,
     ) -> None:
         super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
-        self.weight_table = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=0)
-        nn.init.normal_(self.weight_table.weight, std=self.init_std)
-        with torch.no_grad():
-            self.weight_table.weight[0].zero_()
+        self.weight_table = padded_table(self.num_embeddings, self.embedding_dim, self.init_std)
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.weight_table(ids)

@@ -21,9 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
+from recbench.embeddings.hashing import PRIME, check_universal_hash_ids
 from recbench.errors import ConfigError
-
-PRIME = 2**31 - 1  # modulus of the universal hashes; ids must stay below it
 
 
 def robe_coefficients(seed: int) -> Tensor:
@@ -119,10 +118,7 @@ class ROBEmbedding(CompressedEmbedding):
         **knobs: Any,
     ) -> None:
         super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
-        if self.num_embeddings > PRIME:
-            raise ConfigError(
-                f"{self.num_ids} ids exceed ROBE's universal hash (ids must stay below 2^31 - 1)"
-            )
+        check_universal_hash_ids(self.num_embeddings, "ROBE")
         if self.array_size is None:
             ratio = self.compression_ratio
             self.array_size = max(1, math.floor(ratio * self.num_ids * self.embedding_dim + 1e-9))

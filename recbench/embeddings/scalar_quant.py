@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
+from recbench.embeddings.full import padded_table
 from recbench.embeddings.packing import MAX_BITS, pack_bits, unpack_bits
 from recbench.errors import ConfigError
 
@@ -103,10 +104,7 @@ class ScalarQuantEmbedding(CompressedEmbedding):
         **knobs: Any,
     ) -> None:
         super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
-        self.weight_table = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=0)
-        nn.init.normal_(self.weight_table.weight, std=self.init_std)
-        with torch.no_grad():
-            self.weight_table.weight[0].zero_()
+        self.weight_table = padded_table(self.num_embeddings, self.embedding_dim, self.init_std)
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: ScalarQuantState | None = None
 
