@@ -18,8 +18,9 @@ class HashingTrickEmbedding(HashedTableEmbedding):
     knob_type = HashedTableKnobs
 
     def forward(self, ids: Tensor) -> Tensor:
-        # A plain gather, not the base's EmbeddingBag: with one row per id it is the same vector,
-        # and its dense gradient sums repeated ids in the order every earlier run used.
+        # A plain gather, not the base's EmbeddingBag: the vectors are the same, but EmbeddingBag's
+        # dense backward sums the gradients of repeated ids in another order (the last bits
+        # differ), so the gather keeps every hashing-trick result as it was.
         return self._zero_padding(ids, self._lookup(self.mapping[ids, 0], self.weight))
 
     def full_table(self) -> Tensor:
