@@ -21,13 +21,14 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from recbench.embeddings.base import check_budget
 from recbench.errors import ConfigError, RecbenchError
+from recbench.record import NON_KNOB_KEYS
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("dataset", "model", "method", "user_method", "train", "eval", "tracking", "experiment")
 #: Groups whose options are another group's files (``user_method`` reuses ``conf/method/``).
 _OPTION_DIRS = {"user_method": "method"}
-_SPECIAL_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "budget")
 _FLAGS_WITH_VALUE = {
     "--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
     "--config-dir", "-cd", "--experimental-rerun",
@@ -222,7 +223,7 @@ def check_target_keys(node: DictConfig, where: str) -> None:
     params = inspect.signature(obj).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    unknown = [k for k in node.keys() if k not in _SPECIAL_KEYS and k not in params]
+    unknown = [k for k in node.keys() if k not in NON_KNOB_KEYS and k not in params]
     if unknown:
         valid = [k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
         guess = nearest(str(unknown[0]), valid)
@@ -252,7 +253,7 @@ def check_schema_keys(cfg: DictConfig) -> None:
 def method_knobs(node: DictConfig) -> dict[str, Any]:
     """A method node's knobs (the YAML keys minus Hydra's and the budget)."""
     raw = OmegaConf.to_container(node, resolve=True)
-    return {k: v for k, v in raw.items() if k not in _SPECIAL_KEYS}
+    return {k: v for k, v in raw.items() if k not in NON_KNOB_KEYS}
 
 
 def check_method(node: DictConfig, where: str, embedding_dim: int) -> None:
@@ -311,21 +312,8 @@ def check_record_keys(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={seed} is out of range; give an integer in 0..{SEED_MAX}")
     for where in ("method", "user_method"):
         node = cfg.get(where)
-        if node is None or node.get("budget") is None:
-            continue
-        raw = node.budget
-        try:
-            budget = float(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{where}.budget={raw} is not a number; give a fraction of the full size in (0, 1], "
-                f"e.g. {where}.budget=0.25"
-            ) from None
-        if not 0 < budget <= 1:
-            raise ConfigError(
-                f"{where}.budget={raw} is outside (0, 1]: the budget is a fraction of the full float32 "
-                f"size (1 = no compression); e.g. {where}.budget=0.25"
-            )
+        if node is not None:
+            check_budget(node.get("budget"), where)
     resume = cfg.get("resume", "same_code")
     if resume not in RESUME_MODES:
         raise ConfigError(f"resume={resume} is unknown; choose one of {', '.join(RESUME_MODES)}")

@@ -11,8 +11,9 @@ One module for the names that ``run`` writes and ``tracking``, ``tuning`` and ``
   ``higher_is_better`` says which way is better. MLflow metric names cannot contain ``@``: HR@10
   is recorded as ``hr_at_10`` and labelled ``HR@10`` (``metric_label``).
 
-The method-config keys that are not knobs live with the embedding contract
-(``recbench.embeddings.base.NON_KNOB_KEYS``); Hydra's plumbing here is that list without the budget.
+The method-config keys that are not knobs (``NON_KNOB_KEYS``: Hydra's plumbing and the size budget)
+are defined here too, and the embedding contract reads them from here: this module imports nothing
+from recbench, so every layer (and the report, which must start without torch) may read it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from recbench.embeddings.base import NON_KNOB_KEYS
+#: Keys of a method config node that are not knobs of the layer: Hydra's and the size budget.
+NON_KNOB_KEYS: tuple[str, ...] = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "budget")
 
 # ----------------------------------------------------------------------------- run-folder files
 #: The run's record: status, identity tags, metrics, history (``recbench.run``).

@@ -61,7 +61,7 @@ from recbench.embeddings.base import CompressedEmbedding, embedding_layers
 from recbench.embeddings.full import FullEmbedding
 from recbench.errors import DataError, RecbenchError
 from recbench.models.base import DataInfo, Recommender
-from recbench.size import model_size
+from recbench.size import model_size, other_parameters
 
 FORMAT = "recbench-serving/2"
 #: Formats ``load_model`` reads (1: before checksums; ``verify`` refuses it).
@@ -95,16 +95,6 @@ class ServingReport:
         return {f"serving/{k}": float(v) for k, v in asdict(self).items()} | {
             "serving/formula_bytes": self.formula_bytes
         }
-
-
-def _other_parameters(model: Recommender) -> dict[str, Tensor]:
-    """Parameters outside every embedding layer, by state-dict name (what ``size`` counts at 32 bits)."""
-    inside = {id(p) for layer in embedding_layers(model).values() for p in layer.parameters()}
-    return {
-        name: p.detach().float().cpu().contiguous()
-        for name, p in model.named_parameters()
-        if id(p) not in inside
-    }
 
 
 def _header_bytes(path: Path) -> int:
@@ -147,8 +137,8 @@ def export(
             "stored_bytes": sum(v.numel() * v.element_size() for v in stored.values()),
             "tensors": sorted(stored),
         }
-    for name, value in _other_parameters(model).items():
-        tensors[f"other/{name}"] = value
+    for name, param in other_parameters(model).items():
+        tensors[f"other/{name}"] = param.detach().float().cpu().contiguous()
     weights = directory / WEIGHTS
     save_file(tensors, str(weights), metadata={"format": FORMAT})
     size = model_size(model)
@@ -437,14 +427,14 @@ def export_run(run_dir: str | Path) -> ServingReport:
 
 
 def code_layers(manifest: Mapping[str, Any]) -> dict[str, tuple[Any, Mapping[str, Any]]]:
-    """The item layers of an artifact whose method stores codes (its class has
-    ``codes_from_serving``: scalar quantisation, DPQ, MGQE): ``{layer: (decoder, meta)}``."""
+    """The item layers of an artifact whose method stores integer codes (the layer class says so:
+    ``stores_codes()``): ``{layer: (codes_from_serving, meta)}``. Item layers are named
+    ``*item_embedding`` by every backbone (a model convention, not a method's)."""
     found = {}
     for name, layer in manifest.get("layers", {}).items():
         cls = allowed_class(layer.get("class"), "recbench.embeddings", CompressedEmbedding, f"layer class of {name}")
-        decode = getattr(cls, "codes_from_serving", None)
-        if name.endswith("item_embedding") and decode is not None:
-            found[name] = (decode, layer["meta"])
+        if name.endswith("item_embedding") and cls.stores_codes():
+            found[name] = (cls.codes_from_serving, layer["meta"])
     return found
 
 

@@ -54,12 +54,11 @@ class ModelSize:
         return out
 
 
-def other_parameter_count(model: nn.Module) -> int:
-    """Parameters outside every embedding layer (each is stored as one float32)."""
-    inside = {
-        id(p) for layer in embedding_layers(model).values() for p in layer.parameters()
-    }
-    return sum(p.numel() for p in model.parameters() if id(p) not in inside)
+def other_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters outside every embedding layer, by state-dict name: each value is served as one
+    float32 (``model_size`` counts them, the serving artifact stores them)."""
+    inside = {id(p) for layer in embedding_layers(model).values() for p in layer.parameters()}
+    return {name: p for name, p in model.named_parameters() if id(p) not in inside}
 
 
 def model_size(
@@ -71,7 +70,7 @@ def model_size(
     layers = embedding_layers(model)
     per_layer = {name: int(layer.serving_bits()) for name, layer in layers.items()}
     full_layers = sum(32 * layer.num_ids * layer.embedding_dim for layer in layers.values())
-    other = 32 * other_parameter_count(model)
+    other = 32 * sum(p.numel() for p in other_parameters(model).values())
     embedding = sum(per_layer.values())
     return ModelSize(
         serving_bits=embedding + other,

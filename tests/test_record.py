@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from recbench import record
-from recbench.embeddings.base import NON_KNOB_KEYS
 from recbench.engine.evaluators.metrics import metrics_from_ranks
 from recbench.engine.loop import is_improvement
+from recbench.record import NON_KNOB_KEYS
 from recbench.report.load import knobs_of
 
 

@@ -18,6 +18,23 @@ TIE_BREAKS = ("file", "item", "random")
 _TIE_BREAK_STREAM = 0x71E  # keeps the tie-break draw independent of other uses of the run seed
 
 
+def parse_int64(text: str) -> int | None:
+    """An integer field of a data file (``7`` or, as pandas' vectorised parser also accepts,
+    ``7.0``) within int64, else None. Shared by the line-by-line fallbacks of every loader, which
+    must accept exactly what their fast paths accept."""
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        if not number.is_integer():
+            return None
+        value = int(number)
+    return value if -(2**63) <= value < 2**63 else None
+
+
 def check_tie_break(tie_break: str) -> None:
     """Raise ``ConfigError`` for an unknown ``dataset.tie_break``."""
     if tie_break not in TIE_BREAKS:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbench.data.interactions import Interactions
+from recbench.data.interactions import Interactions, parse_int64
 from recbench.errors import DataError
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "load_ml_latest_small",
     "load_ml_latest_small_genres",
 ]
-
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -246,7 +244,7 @@ def _parse_lines(
 
 def _numbers(fields: list[str]) -> tuple[int, int, float, int] | None:
     """user, item and timestamp as int64-range integers and the rating as a float, or None."""
-    ints = [_integer(fields[k]) for k in (0, 1, 3)]
+    ints = [parse_int64(fields[k]) for k in (0, 1, 3)]
     try:
         rating = float(fields[2])
     except ValueError:
@@ -254,21 +252,6 @@ def _numbers(fields: list[str]) -> tuple[int, int, float, int] | None:
     if any(v is None for v in ints):
         return None
     return ints[0], ints[1], rating, ints[2]
-
-
-def _integer(text: str) -> int | None:
-    """An integer field (``7`` or, as pandas also accepts, ``7.0``) within int64, else None."""
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            number = float(text)
-        except ValueError:
-            return None
-        if not number.is_integer():
-            return None
-        value = int(number)
-    return value if _INT64_MIN <= value <= _INT64_MAX else None
 
 
 # ------------------------------------------------------------------------------------- genres
@@ -283,7 +266,7 @@ def load_ml_100k_genres(root: str | Path, download: bool = False) -> dict[int, l
     for number, text in _lines(read_bytes(path), 1):
         fields = text.split("|")
         flags = fields[5:]
-        item = _integer(fields[0])
+        item = parse_int64(fields[0])
         if len(fields) != 24 or item is None or any(f not in ("0", "1") for f in flags):
             raise DataError(f"{path} line {number}: expected {expected}, got {_show(text)}")
         genres[item] = [name for name, flag in zip(ML_100K_GENRES, flags) if flag == "1"]
@@ -296,7 +279,7 @@ def load_ml_1m_genres(root: str | Path, download: bool = False) -> dict[int, lis
     genres: dict[int, list[str]] = {}
     for number, text in _lines(read_bytes(path), 1):
         fields = text.split("::")
-        item = _integer(fields[0])
+        item = parse_int64(fields[0])
         if len(fields) < 3 or item is None:
             raise DataError(
                 f"{path} line {number}: expected 'MovieID::Title::Genres' with '|'-separated "
@@ -322,7 +305,7 @@ def load_ml_latest_small_genres(root: str | Path, download: bool = False) -> dic
     for row in reader:
         if not row:
             continue
-        item = _integer(row[0]) if len(row) == 3 else None
+        item = parse_int64(row[0]) if len(row) == 3 else None
         if item is None:
             raise DataError(
                 f"{path} line {reader.line_num}: expected 3 comma-separated fields "

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbench.data.interactions import Interactions
+from recbench.data.interactions import Interactions, parse_int64
 from recbench.errors import DataError
 
 _EXPECTED = "2 whitespace-separated integer fields 'user item'"
@@ -65,7 +65,7 @@ def _parse_lines(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
         fields = line.split()
         if not fields:
             continue
-        pair = [_integer(f) for f in fields] if len(fields) == 2 else [None]
+        pair = [parse_int64(f) for f in fields] if len(fields) == 2 else [None]
         if any(v is None for v in pair):
             shown = line.strip()
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -73,18 +73,3 @@ def _parse_lines(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
         users.append(pair[0])
         items.append(pair[1])
     return np.array(users, dtype=np.int64), np.array(items, dtype=np.int64)
-
-
-def _integer(text: str) -> int | None:
-    """An int64 integer, or None (``7.0`` is accepted, as the vectorised parser accepts it)."""
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            number = float(text)
-        except ValueError:
-            return None
-        if not number.is_integer():
-            return None
-        value = int(number)
-    return value if -(2**63) <= value < 2**63 else None

@@ -17,9 +17,14 @@ Id conventions (shared by every method):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+import difflib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, TypeVar, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,6 +33,112 @@ from recbench.errors import ConfigError
 
 #: What ``instantiate(cfg.method)`` returns: a partial that builds one embedding layer.
 EmbeddingFactory = Callable[..., "CompressedEmbedding"]
+
+K = TypeVar("K", bound="Knobs")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """A method's knobs, typed: the field defaults are THE defaults (the layer's ``__init__`` takes
+    ``**knobs`` and never repeats them) and ``validate`` holds every check that needs no data.
+
+    Why one class: defaults written twice (``__init__`` and ``check_knobs``) drift apart; here the
+    YAML, ``check_knobs`` (before data loads), the constructor and ``knobs()`` (the record) read the
+    same fields. A subclass per method lives beside its layer and is named by the layer's
+    ``knob_type``.
+    """
+
+    def validate(self, embedding_dim: int) -> None:
+        """Raise ``ConfigError`` with a one-line message that names the knob (``method.<name>``)
+        and the fix. The default checks nothing beyond the field types."""
+
+    @classmethod
+    def parse(cls: type[K], given: Mapping[str, Any], owner: str) -> K:
+        """The knobs ``given`` (the rest at their defaults); an unknown key fails with the nearest
+        valid one, as a mistyped key of any other config node does."""
+        names = [f.name for f in fields(cls)]
+        unknown = [str(k) for k in given if k not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1, cutoff=0.6)
+            hint = f"did you mean method.{close[0]}? " if close else ""
+            raise ConfigError(
+                f"unknown key 'method.{unknown[0]}' for {owner}; {hint}valid keys: "
+                f"{', '.join(names) or '(none)'}"
+            )
+        return cls(**given)
+
+    def check_types(self) -> None:
+        """Each value matches its field's annotation (ints may not be booleans; a float field
+        takes an int); raises ``ConfigError`` naming the knob and the expected type."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value, expected = getattr(self, f.name), hints[f.name]
+            if not _matches(value, expected):
+                raise ConfigError(
+                    f"method.{f.name}={value!r} must be {_describe(expected)}; the default is "
+                    f"method.{f.name}={f.default!r}"
+                )
+
+    def coerced(self: K) -> K:
+        """The same knobs as plain Python values of their field types (numpy and integral-float
+        ints to int, ints to float for number fields, YAML lists to lists), so that layers and the
+        record (``knobs()``, JSON) never see a ``ListConfig`` or a numpy scalar."""
+        hints = typing.get_type_hints(type(self))
+        return replace(
+            self, **{f.name: _coerce(getattr(self, f.name), hints[f.name]) for f in fields(self)}
+        )
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """``value`` fits the annotation ``expected`` (the subset knobs use: scalars, unions, lists)."""
+    if expected is Any:
+        return True
+    origin = typing.get_origin(expected)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(expected))
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(expected) or (Any,)
+        sequence = isinstance(value, Sequence) and not isinstance(value, str)  # ListConfig too
+        return sequence and all(_matches(v, item) for v in value)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:  # an integral float (16.0) passes, as the knob checks always let it
+        integral = isinstance(value, float | np.floating) and float(value).is_integer()
+        return (isinstance(value, int | np.integer) or integral) and not isinstance(value, bool)
+    if expected is float:
+        numbers = int | float | np.integer | np.floating
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _coerce(value: Any, expected: Any) -> Any:
+    """``value`` (which ``_matches`` ``expected``) as the plain Python type of the annotation."""
+    origin = typing.get_origin(expected)
+    if origin in (Union, types.UnionType):
+        arg = next(a for a in typing.get_args(expected) if _matches(value, a))
+        return _coerce(value, arg)
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(expected) or (Any,)
+        return [_coerce(v, item) for v in value]
+    if expected in (int, float, str, bool):
+        return expected(value)
+    return value
+
+
+def _describe(expected: Any) -> str:
+    """``an integer or null``: an annotation in words."""
+    origin = typing.get_origin(expected)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(expected))
+    if origin in (list, tuple):
+        (item, *_) = typing.get_args(expected) or (Any,)
+        return f"a list (each {_describe(item)})"
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if expected is type(None):
+        return "null"
+    return words.get(expected, getattr(expected, "__name__", str(expected)))
 
 
 class CompressedEmbedding(nn.Module):
@@ -39,10 +150,21 @@ class CompressedEmbedding(nn.Module):
 
     #: True for methods whose construction reads ``counts`` (frequency tiers, mixed dimensions).
     frequency_aware: ClassVar[bool] = False
+    #: The method's knobs (defaults and checks); ``check_knobs`` and ``knobs()`` are built from it.
+    knob_type: ClassVar[type[Knobs]] = Knobs
 
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, *, counts: Tensor | None = None
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        counts: Tensor | None = None,
+        **knobs: Any,
     ) -> None:
+        """Checks the shape and counts, then the knobs (``check_knobs``): each field of
+        ``knob_type`` becomes an attribute of the same name, as given or at its default (a
+        subclass may then resolve it, e.g. ``num_buckets`` from ``compression_ratio``), and
+        ``given_knobs`` keeps the validated knobs as given."""
         super().__init__()
         if int(num_embeddings) < 2:
             raise ConfigError(
@@ -61,8 +183,13 @@ class CompressedEmbedding(nn.Module):
                     f"{self.num_embeddings} ids (padding included); pass one count per id"
                 )
         self.counts: Tensor | None = counts
+        self.given_knobs = CompressedEmbedding.check_knobs.__func__(  # type: ignore[attr-defined]
+            type(self), self.embedding_dim, **knobs
+        )  # the knob_type's rules even where a method still overrides check_knobs (DPQ, MGQE)
+        for f in fields(self.given_knobs):
+            setattr(self, f.name, getattr(self.given_knobs, f.name))
         self._aux_terms: list[Tensor] = []
-        #: Set by ``train.sparse``: lookups through ``_lookup`` then produce sparse gradients.
+        #: Set by ``enable_sparse_gradients``: ``_lookup`` then gives sparse gradients.
         self.sparse_grad = False
 
     # ----------------------------------------------------------------- contract
@@ -124,17 +251,44 @@ class CompressedEmbedding(nn.Module):
         """
         raise NotImplementedError
 
-    def knobs(self) -> dict[str, Any]:
-        """The resolved knobs of this layer (recorded with each run); subclasses extend it."""
-        return {}
+    @classmethod
+    def codes_from_serving(
+        cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+    ) -> Tensor:  # pragma: no cover - abstract
+        """The ``(n, positions)`` integer codes of the real ids, from the artifact alone; only
+        methods that store codes (``stores_codes``) implement it."""
+        raise NotImplementedError(f"{cls.__name__} stores no integer codes")
 
     @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        """Validate knobs before any data is loaded; raise ``ConfigError`` with the fix.
+    def stores_codes(cls) -> bool:
+        """Whether the artifact holds integer codes per id (scalar and learned quantisation, DPQ,
+        MGQE): true exactly when the method implements ``codes_from_serving``. The code-similarity
+        report asks this rather than knowing the methods."""
+        own = cls.codes_from_serving.__func__  # type: ignore[attr-defined]
+        return own is not CompressedEmbedding.codes_from_serving.__func__  # type: ignore[attr-defined]
 
-        Called by ``run.py`` with the method's YAML knobs (``budget`` excluded). The default accepts
-        everything; methods with impossible settings override it.
+    def knobs(self) -> dict[str, Any]:
+        """The resolved knobs of this layer (recorded with each run): by default the attribute of
+        each ``knob_type`` field, so a layer stores its resolved knobs under their own names."""
+        return {f.name: getattr(self, f.name) for f in fields(self.knob_type)}
+
+    @classmethod
+    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> Knobs:
+        """Validate knobs before any data is loaded and return them typed (``Knobs.coerced``),
+        defaults filled in; raise ``ConfigError`` naming the knob and the fix.
+
+        Called by ``checks.check_method`` with the method's YAML knobs (``recbench.record.NON_KNOB_KEYS``
+        excluded) and by the base ``__init__``: unknown keys, wrong types and the method's own
+        ``knob_type.validate`` rules fail the same way in both places.
         """
+        parsed = cls.knob_type.parse(knobs, cls.__name__)
+        try:
+            parsed.validate(embedding_dim)
+        except (TypeError, ValueError):  # a comparison on a wrongly typed value: say the type
+            parsed.check_types()
+            raise
+        parsed.check_types()
+        return parsed.coerced()
 
     # ------------------------------------------------------------ equal memory
     @classmethod
@@ -172,9 +326,27 @@ class CompressedEmbedding(nn.Module):
         return []
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        """Tables read only through ``_lookup`` (row gathers), which ``train.sparse`` may train
-        with sparse gradients; ``nn.Embedding`` children are found separately. Default: none."""
+        """The method's own tables read only through ``_lookup`` (row gathers), which may train
+        with sparse gradients; ``nn.Embedding`` children are handled by
+        ``enable_sparse_gradients``. Default: none."""
         return []
+
+    def enable_sparse_gradients(self, enabled: bool = True) -> list[nn.Parameter]:
+        """Switch this layer's row-gathered tables to sparse gradients (``train.sparse``) or back;
+        return the trainable tables that now get sparse gradients (for SparseAdam).
+
+        Covers ``sparse_parameters()`` (through ``_lookup``) and every ``nn.Embedding`` inside the
+        layer; projections, centroids and MLPs stay dense. The training loop asks each layer
+        rather than knowing which methods hold which tables.
+        """
+        own = self.sparse_parameters()
+        self.sparse_grad = bool(enabled and own)
+        tables = list(own)
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = bool(enabled)
+                tables.append(module.weight)
+        return [t for t in tables if t.requires_grad] if enabled else []
 
     # ------------------------------------------------------------------ helpers
     def _lookup(self, index: Tensor, table: Tensor) -> Tensor:
@@ -207,6 +379,30 @@ def embedding_layers(module: nn.Module) -> Mapping[str, CompressedEmbedding]:
     return found
 
 
+def check_budget(raw: Any, where: str = "method") -> float | None:
+    """The method node's ``budget`` as a float, or None when unset; raises ``ConfigError`` unless
+    it is a fraction in (0, 1] of the full float32 size.
+
+    The budget is not a knob: it belongs to the method config (``recbench.record.NON_KNOB_KEYS``), is checked
+    here before any data loads, and is turned into knobs per layer by ``solve_budget``.
+    """
+    if raw is None:
+        return None
+    try:
+        budget = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}.budget={raw} is not a number; give a fraction of the full size in (0, 1], "
+            f"e.g. {where}.budget=0.25"
+        ) from None
+    if not 0 < budget <= 1:
+        raise ConfigError(
+            f"{where}.budget={raw} is outside (0, 1]: the budget is a fraction of the full float32 "
+            f"size (1 = no compression); e.g. {where}.budget=0.25"
+        )
+    return budget
+
+
 class BudgetedFactory:
     """Wraps a method's factory so that each layer's size knob is solved for ``budget`` (a fraction
     of that layer's full float32 size) once the layer's shape and counts are known.
@@ -217,10 +413,8 @@ class BudgetedFactory:
     """
 
     def __init__(self, factory: Callable[..., CompressedEmbedding], budget: float) -> None:
-        if not budget > 0:
-            raise ConfigError(f"method.budget={budget} must be > 0 (a fraction of the full size)")
         self.factory = factory
-        self.budget = float(budget)
+        self.budget = check_budget(budget)
 
     def __call__(
         self, num_embeddings: int, embedding_dim: int, *, counts: Tensor | None = None
@@ -229,4 +423,4 @@ class BudgetedFactory:
         knobs = dict(getattr(self.factory, "keywords", {}) or {})
         solved = cls.solve_budget(self.budget, num_embeddings - 1, embedding_dim, counts, **knobs)
         return cls(num_embeddings, embedding_dim, counts=counts, **solved)
-NON_KNOB_KEYS: tuple[str, ...] = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "budget")
+

@@ -35,13 +35,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.dpq import code_bits
 from recbench.embeddings.hashing import bucket_mapping, check_hash_knobs, murmur3_x86_32
 from recbench.embeddings.pep import pack_wide, unpack_wide
@@ -99,6 +100,45 @@ def nearest(points: Tensor, centroids: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+@dataclass(frozen=True)
+class CCEKnobs(Knobs):
+    num_columns: int = 4  # c, divides d
+    num_rows: int | None = None  # k rows per table; when set it overrides compression_ratio
+    compression_ratio: float | None = 0.125  # k = floor(compression_ratio * n) when num_rows is null
+    num_clusterings: int = 3  # k-means re-clusterings (0: the hashed tables only)
+    cluster_every: int = 1  # epochs between clusterings
+    kmeans_iters: int = 20
+    hash_family: str = "murmur3"
+    hash_seed: int = 0
+    init_std: float = 0.01
+
+    def validate(self, embedding_dim: int) -> None:
+        columns = self.num_columns
+        if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1 or embedding_dim % columns:
+            divisors = [k for k in range(1, embedding_dim + 1) if embedding_dim % k == 0]
+            raise ConfigError(
+                f"method.num_columns={columns} must divide embedding_dim={embedding_dim}; use one of "
+                f"{', '.join(map(str, divisors))}"
+            )
+        rows = self.num_rows
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or not 2 <= rows <= 2**32):
+            raise ConfigError(f"method.num_rows={rows} must be an integer in 2..2^32 (or null)")
+        ratio = self.compression_ratio
+        if rows is None and (ratio is None or not isinstance(ratio, int | float) or ratio <= 0):
+            raise ConfigError(
+                f"method.compression_ratio={ratio} must be > 0 when method.num_rows is null "
+                "(rows per table = ratio * ids, e.g. 0.125)"
+            )
+        for name, low in (("num_clusterings", 0), ("cluster_every", 1), ("kmeans_iters", 1)):
+            value, default = getattr(self, name), getattr(type(self), name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"method.{name}={value} must be an integer >= {low}, e.g. {default}")
+        check_hash_knobs(self.hash_family, self.hash_seed)
+        init_std = self.init_std
+        if not isinstance(init_std, int | float) or init_std <= 0:
+            raise ConfigError(f"method.init_std={init_std} must be > 0; use e.g. 0.01")
+
+
 class CCEmbedding(CompressedEmbedding):
     """Clustered compositional embeddings: ``c`` concatenated columns, each the sum of a clustered
     (learned-pointer) row and a hashed row of two ``k x d/c`` tables.
@@ -106,43 +146,20 @@ class CCEmbedding(CompressedEmbedding):
     Serving bits ``64*k*d + c_clustered*n*ceil(log2 k)``.
     """
 
+    knob_type = CCEKnobs
+
     def __init__(
         self,
         num_embeddings: int,
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        num_columns: int = 4,
-        num_rows: int | None = None,
-        compression_ratio: float | None = 0.125,
-        num_clusterings: int = 3,
-        cluster_every: int = 1,
-        kmeans_iters: int = 20,
-        hash_family: str = "murmur3",
-        hash_seed: int = 0,
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        knobs = {
-            "num_columns": num_columns, "num_rows": num_rows, "compression_ratio": compression_ratio,
-            "num_clusterings": num_clusterings, "cluster_every": cluster_every,
-            "kmeans_iters": kmeans_iters, "hash_family": hash_family, "hash_seed": hash_seed,
-            "init_std": init_std,
-        }  # fmt: skip
-        self.check_knobs(embedding_dim, **knobs)
-        self.num_columns = int(num_columns)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.column_dim = self.embedding_dim // self.num_columns
-        self.compression_ratio = None if compression_ratio is None else float(compression_ratio)
-        if num_rows is None:
-            assert compression_ratio is not None
-            num_rows = max(2, math.floor(float(compression_ratio) * self.num_ids + 1e-9))
-        self.num_rows = int(num_rows)
-        self.num_clusterings = int(num_clusterings)
-        self.cluster_every = int(cluster_every)
-        self.kmeans_iters = int(kmeans_iters)
-        self.hash_family = str(hash_family)
-        self.hash_seed = int(hash_seed)
-        self.init_std = float(init_std)
+        if self.num_rows is None:
+            self.num_rows = max(2, math.floor(self.compression_ratio * self.num_ids + 1e-9))
         # Column i's k rows are rows i*k .. i*k+k-1 of each 2-D table (2-D so that train.sparse
         # gathers them with sparse gradients).
         shape = (self.num_columns * self.num_rows, self.column_dim)
@@ -163,47 +180,6 @@ class CCEmbedding(CompressedEmbedding):
             self.num_embeddings, self.num_columns, self.num_rows, self.hash_family, self.hash_seed,
             kind, rounds,
         )  # fmt: skip
-
-    # ------------------------------------------------------------------ knobs
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        columns = knobs.get("num_columns", 4)
-        if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1 or embedding_dim % columns:
-            divisors = [k for k in range(1, embedding_dim + 1) if embedding_dim % k == 0]
-            raise ConfigError(
-                f"method.num_columns={columns} must divide embedding_dim={embedding_dim}; use one of "
-                f"{', '.join(map(str, divisors))}"
-            )
-        rows = knobs.get("num_rows")
-        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or not 2 <= rows <= 2**32):
-            raise ConfigError(f"method.num_rows={rows} must be an integer in 2..2^32 (or null)")
-        ratio = knobs.get("compression_ratio", 0.125)
-        if rows is None and (ratio is None or not isinstance(ratio, int | float) or ratio <= 0):
-            raise ConfigError(
-                f"method.compression_ratio={ratio} must be > 0 when method.num_rows is null "
-                "(rows per table = ratio * ids, e.g. 0.125)"
-            )
-        for name, default, low in (("num_clusterings", 3, 0), ("cluster_every", 1, 1), ("kmeans_iters", 20, 1)):
-            value = knobs.get(name, default)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"method.{name}={value} must be an integer >= {low}, e.g. {default}")
-        check_hash_knobs(knobs.get("hash_family", "murmur3"), knobs.get("hash_seed", 0))
-        init_std = knobs.get("init_std", 0.01)
-        if not isinstance(init_std, int | float) or init_std <= 0:
-            raise ConfigError(f"method.init_std={init_std} must be > 0; use e.g. 0.01")
-
-    def knobs(self) -> dict[str, Any]:
-        return {
-            "num_columns": self.num_columns,
-            "num_rows": self.num_rows,
-            "compression_ratio": self.compression_ratio,
-            "num_clusterings": self.num_clusterings,
-            "cluster_every": self.cluster_every,
-            "kmeans_iters": self.kmeans_iters,
-            "hash_family": self.hash_family,
-            "hash_seed": self.hash_seed,
-            "init_std": self.init_std,
-        }
 
     # ---------------------------------------------------------------- contract
     def forward(self, ids: Tensor) -> Tensor:
@@ -302,9 +278,9 @@ class CCEmbedding(CompressedEmbedding):
         """Choose ``num_rows`` ``k``: the largest (at most ``n``) with
         ``64*k*d + c*n*ceil(log2 k) <= budget * 32*n*d``, counting the stored assignments of every
         column whenever ``num_clusterings >= 1`` (the size after the first clustering)."""
-        cls.check_knobs(embedding_dim, **{**knobs, "num_rows": None, "compression_ratio": 1.0})
+        given = cls.check_knobs(embedding_dim, **{**knobs, "num_rows": None, "compression_ratio": 1.0})
         n, d = int(num_ids), int(embedding_dim)
-        columns = int(knobs.get("num_columns", 4)) if int(knobs.get("num_clusterings", 3)) > 0 else 0
+        columns = int(given.num_columns) if int(given.num_clusterings) > 0 else 0
         limit = budget * 32 * n * d
 
         def bits(k: int) -> int:

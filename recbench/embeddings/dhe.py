@@ -18,6 +18,7 @@ layers: ``32 * ((k + 1) w + (L - 1)(w + 1) w + (w + 1) d)`` for ``L`` hidden lay
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
+from recbench.embeddings.hashing import PRIME, check_universal_hash_ids
 from recbench.errors import ConfigError
 
-PRIME = 2**31 - 1  # the universal hash's modulus p (a Mersenne prime); ids must stay below it
 ENCODINGS = ("uniform", "gaussian")
 
 
@@ -66,6 +67,42 @@ def decode(x: Tensor, layers: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     return F.linear(x, *layers[-1])
 
 
+@dataclass(frozen=True)
+class DHEKnobs(Knobs):
+    num_hashes: int = 1024  # k hash values per id (the encoder's width)
+    hash_range: int = 1_000_000  # m: hash values lie in [0, m)
+    encoding: str = "uniform"  # uniform or gaussian
+    hidden_dim: int = 64  # w, the decoder's width
+    num_layers: int = 5  # hidden layers of the decoder
+    hash_seed: int = 0
+
+    def validate(self, embedding_dim: int) -> None:
+        def positive_int(name: str, low: int = 1, high: int | None = None) -> int:
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                or value < low or (high is not None and value > high)
+            ):  # fmt: skip
+                bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ConfigError(f"method.{name}={value} must be an integer {bound}")
+            return int(value)
+
+        k = positive_int("num_hashes")
+        positive_int("hash_range", 2, PRIME - 1)
+        positive_int("hidden_dim")
+        positive_int("num_layers")
+        positive_int("hash_seed", 0)
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(
+                f"method.encoding={self.encoding} is unknown; use one of {', '.join(ENCODINGS)}"
+            )
+        if self.encoding == "gaussian" and k % 2:
+            raise ConfigError(
+                f"method.num_hashes={k} must be even with method.encoding=gaussian (Box-Muller "
+                "turns pairs of hashes into pairs of Gaussians); use e.g. 1024"
+            )
+
+
 class DHEmbedding(CompressedEmbedding):
     """Deep Hash Embedding (see the module docstring); serving bits
     ``32 * ((k + 1) w + (L - 1)(w + 1) w + (w + 1) d)``.
@@ -86,31 +123,18 @@ class DHEmbedding(CompressedEmbedding):
     #: nothing is stored in checkpoints or the artifact. Larger vocabularies hash on the fly.
     encoding_cache_limit = 2**24
 
+    knob_type = DHEKnobs
+
     def __init__(
         self,
         num_embeddings: int,
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        num_hashes: int = 1024,
-        hash_range: int = 1_000_000,
-        encoding: str = "uniform",
-        hidden_dim: int = 64,
-        num_layers: int = 5,
-        hash_seed: int = 0,
+        **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.check_knobs(
-            embedding_dim, num_hashes=num_hashes, hash_range=hash_range, encoding=encoding,
-            hidden_dim=hidden_dim, num_layers=num_layers, hash_seed=hash_seed,
-        )  # fmt: skip
-        if self.num_embeddings > PRIME:
-            raise ConfigError(
-                f"{self.num_ids} ids exceed DHE's universal hash (ids must stay below 2^31 - 1)"
-            )
-        self.num_hashes, self.hash_range = int(num_hashes), int(hash_range)
-        self.encoding, self.hash_seed = str(encoding), int(hash_seed)
-        self.hidden_dim, self.num_layers = int(hidden_dim), int(num_layers)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
+        check_universal_hash_ids(self.num_embeddings, "DHE")
         widths = [self.num_hashes] + [self.hidden_dim] * self.num_layers + [self.embedding_dim]
         self.linears = nn.ModuleList(nn.Linear(i, o) for i, o in zip(widths[:-1], widths[1:]))
         self.norms = nn.ModuleList(nn.BatchNorm1d(self.hidden_dim) for _ in range(self.num_layers))
@@ -121,34 +145,6 @@ class DHEmbedding(CompressedEmbedding):
         self.register_buffer("hash_a", a, persistent=False)
         self.register_buffer("hash_b", b, persistent=False)
         self.register_buffer("encodings", None, persistent=False)
-
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        def positive_int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
-            value = knobs.get(name, default)
-            if (
-                isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                or value < low or (high is not None and value > high)
-            ):  # fmt: skip
-                bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-                raise ConfigError(f"method.{name}={value} must be an integer {bound}")
-            return int(value)
-
-        k = positive_int("num_hashes", 1024)
-        positive_int("hash_range", 1_000_000, 2, PRIME - 1)
-        positive_int("hidden_dim", 64)
-        positive_int("num_layers", 5)
-        positive_int("hash_seed", 0, 0)
-        encoding = knobs.get("encoding", "uniform")
-        if encoding not in ENCODINGS:
-            raise ConfigError(
-                f"method.encoding={encoding} is unknown; use one of {', '.join(ENCODINGS)}"
-            )
-        if encoding == "gaussian" and k % 2:
-            raise ConfigError(
-                f"method.num_hashes={k} must be even with method.encoding=gaussian (Box-Muller "
-                "turns pairs of hashes into pairs of Gaussians); use e.g. 1024"
-            )
 
     # ---------------------------------------------------------------- network
     def folded_layers(self) -> list[tuple[Tensor, Tensor]]:
@@ -234,16 +230,6 @@ class DHEmbedding(CompressedEmbedding):
     def serving_bits(self) -> int:
         return dhe_bits(self.num_hashes, self.hidden_dim, self.num_layers, self.embedding_dim)
 
-    def knobs(self) -> dict[str, Any]:
-        return {
-            "num_hashes": self.num_hashes,
-            "hash_range": self.hash_range,
-            "encoding": self.encoding,
-            "hidden_dim": self.hidden_dim,
-            "num_layers": self.num_layers,
-            "hash_seed": self.hash_seed,
-        }
-
     def serving_tensors(self) -> dict[str, Tensor]:
         tensors = {}
         with torch.no_grad():
@@ -272,8 +258,8 @@ class DHEmbedding(CompressedEmbedding):
         """Largest ``hidden_dim`` whose folded network fits ``budget * 32*n*d`` (depth, ``k`` fixed;
         the size grows strictly with the width). DHE's size does not depend on ``n``: small
         vocabularies need a large budget."""
-        cls.check_knobs(embedding_dim, **knobs)
-        k, layers = int(knobs.get("num_hashes", 1024)), int(knobs.get("num_layers", 5))
+        given = cls.check_knobs(embedding_dim, **knobs)
+        k, layers = int(given.num_hashes), int(given.num_layers)
         full = 32 * num_ids * embedding_dim
 
         def fits(width: int) -> bool:

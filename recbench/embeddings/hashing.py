@@ -43,6 +43,8 @@ from torch import Tensor
 from recbench.errors import ConfigError
 
 MAX_SEED = 2**32  # seeds are unsigned 32-bit: the widest seed every family accepts
+#: Modulus ``p`` of the universal hashes ``(a*x + b) % p`` of DHE and ROBE (a Mersenne prime).
+PRIME = 2**31 - 1
 
 _U32 = np.uint32
 
@@ -184,6 +186,15 @@ def hash_ids(ids: np.ndarray, family: str, seed: int, num_buckets: int) -> np.nd
     ids = np.asarray(ids, dtype=np.int64)
     hashed = fam.fn(ids.reshape(-1), int(seed))
     return (hashed % np.uint64(num_buckets)).astype(np.int64).reshape(ids.shape)
+
+
+def check_universal_hash_ids(num_embeddings: int, method: str) -> None:
+    """Ids of a universal hash ``(a*x + b) % PRIME`` must stay below ``PRIME``: distinct ids
+    would otherwise hash alike. Raises ``ConfigError`` for a larger vocabulary."""
+    if num_embeddings > PRIME:
+        raise ConfigError(
+            f"{num_embeddings - 1} ids exceed {method}'s universal hash (ids must stay below 2^31 - 1)"
+        )
 
 
 # ------------------------------------------------------------ bucket-count knobs

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.dpq import version_key
 from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.errors import ConfigError
@@ -82,11 +83,35 @@ def dequantize(codes: Tensor, steps: Tensor, bits: int, granularity: str) -> Ten
     return torch.cat([values.new_zeros(1, values.shape[1]), values])
 
 
+@dataclass(frozen=True)
+class LearnedQuantKnobs(Knobs):
+    bits: int = 8  # bits per stored value, 2..8
+    granularity: str = "row"  # row (one step per id, ALPT) or column (one step per dimension)
+    init_std: float = 0.01
+
+    def validate(self, embedding_dim: int) -> None:
+        bits = self.bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+            raise ConfigError(
+                f"method.bits={bits} is not an integer in {MIN_BITS}..{MAX_BITS}; use 2, 4 or 8"
+            )
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(
+                f"method.granularity={self.granularity} is unknown; use row (one step per id, ALPT) "
+                "or column (one step per dimension)"
+            )
+        init_std = self.init_std
+        if not isinstance(init_std, int | float) or init_std <= 0:
+            raise ConfigError(f"method.init_std={init_std} must be > 0; use e.g. 0.01")
+
+
 class LearnedQuantEmbedding(CompressedEmbedding):
     """A float table trained through a ``bits``-bit quantizer with learned step sizes (LSQ/ALPT).
 
     Serving bits ``bits*n*d + 32*n`` (row steps) or ``bits*n*d + 32*d`` (column steps).
     """
+
+    knob_type = LearnedQuantKnobs
 
     def __init__(
         self,
@@ -94,15 +119,9 @@ class LearnedQuantEmbedding(CompressedEmbedding):
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        bits: int = 8,
-        granularity: str = "row",
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.check_knobs(embedding_dim, bits=bits, granularity=granularity, init_std=init_std)
-        self.bits = int(bits)
-        self.granularity = str(granularity)
-        self.init_std = float(init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.q_n, self.q_p = levels(self.bits)
         self.weight = nn.Parameter(torch.randn(self.num_embeddings, self.embedding_dim) * self.init_std)
         with torch.no_grad():
@@ -118,27 +137,6 @@ class LearnedQuantEmbedding(CompressedEmbedding):
         self.grad_scale = 1.0 / math.sqrt(group * self.q_p)
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: tuple[Tensor, Tensor] | None = None
-
-    # ------------------------------------------------------------------ knobs
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        bits = knobs.get("bits", 8)
-        if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-            raise ConfigError(
-                f"method.bits={bits} is not an integer in {MIN_BITS}..{MAX_BITS}; use 2, 4 or 8"
-            )
-        granularity = knobs.get("granularity", "row")
-        if granularity not in GRANULARITIES:
-            raise ConfigError(
-                f"method.granularity={granularity} is unknown; use row (one step per id, ALPT) or "
-                "column (one step per dimension)"
-            )
-        init_std = knobs.get("init_std", 0.01)
-        if not isinstance(init_std, int | float) or init_std <= 0:
-            raise ConfigError(f"method.init_std={init_std} must be > 0; use e.g. 0.01")
-
-    def knobs(self) -> dict[str, Any]:
-        return {"bits": self.bits, "granularity": self.granularity, "init_std": self.init_std}
 
     # ------------------------------------------------------------ quantization
     def _quantize(self, rows: Tensor, steps: Tensor) -> Tensor:
@@ -217,8 +215,7 @@ class LearnedQuantEmbedding(CompressedEmbedding):
     ) -> dict[str, Any]:
         """Choose ``bits``: the largest in 2..8 whose serving bits fit ``budget * 32*n*d``
         (``granularity`` kept from the YAML)."""
-        cls.check_knobs(embedding_dim, **{**knobs, "bits": MAX_BITS})
-        granularity = knobs.get("granularity", "row")
+        granularity = cls.check_knobs(embedding_dim, **{**knobs, "bits": MAX_BITS}).granularity
         n, d = int(num_ids), int(embedding_dim)
         overhead = 32 * (n if granularity == "row" else d)
         full = 32 * n * d

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.errors import ConfigError
 
 
 def low_rank_bits(num_ids: int, embedding_dim: int, rank: int) -> int:
     """Serving bits ``32*(n*r + r*d)``."""
     return 32 * (num_ids * rank + rank * embedding_dim)
+
+
+@dataclass(frozen=True)
+class LowRankKnobs(Knobs):
+    rank: int = 16  # r, at most d
+    init_std: float = 0.01
+
+    def validate(self, embedding_dim: int) -> None:
+        rank = self.rank
+        if isinstance(rank, bool) or int(rank) != rank or not 1 <= rank <= embedding_dim:
+            raise ConfigError(
+                f"method.rank={rank} must be an integer in [1, {embedding_dim}] (the embedding "
+                "dimension); a larger rank stores more than the full table"
+            )
+        if self.init_std <= 0:
+            raise ConfigError(f"method.init_std={self.init_std} must be > 0, e.g. 0.01")
 
 
 class LowRankEmbedding(CompressedEmbedding):
@@ -26,34 +43,21 @@ class LowRankEmbedding(CompressedEmbedding):
     ``init_std`` like a full table's row.
     """
 
+    knob_type = LowRankKnobs
+
     def __init__(
         self,
         num_embeddings: int,
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        rank: int = 16,
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.check_knobs(embedding_dim, rank=rank, init_std=init_std)
-        self.rank = int(rank)
-        self.init_std = float(init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.table = nn.Parameter(torch.randn(self.num_ids, self.rank) * self.init_std)
         self.projection = nn.Parameter(
             torch.randn(self.rank, self.embedding_dim) / math.sqrt(self.rank)
         )
-
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        rank = knobs.get("rank", 16)
-        if isinstance(rank, bool) or int(rank) != rank or not 1 <= rank <= embedding_dim:
-            raise ConfigError(
-                f"method.rank={rank} must be an integer in [1, {embedding_dim}] (the embedding "
-                "dimension); a larger rank stores more than the full table"
-            )
-        if knobs.get("init_std", 0.01) <= 0:
-            raise ConfigError(f"method.init_std={knobs['init_std']} must be > 0, e.g. 0.01")
 
     def forward(self, ids: Tensor) -> Tensor:
         rows = self._lookup((ids - 1).clamp_min(0), self.table)
@@ -68,9 +72,6 @@ class LowRankEmbedding(CompressedEmbedding):
 
     def serving_bits(self) -> int:
         return low_rank_bits(self.num_ids, self.embedding_dim, self.rank)
-
-    def knobs(self) -> dict[str, Any]:
-        return {"rank": self.rank, "init_std": self.init_std}
 
     def serving_tensors(self) -> dict[str, Tensor]:
         return {

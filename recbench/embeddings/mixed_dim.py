@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.mixed_dim_solver import (
     as_real_counts,
     dims_from_ratios,
@@ -30,104 +31,17 @@ def _int_list(values: Sequence[Any] | None) -> list[int | None] | None:
     return [None if v is None else int(v) for v in values]
 
 
-class MixedDimEmbedding(CompressedEmbedding):
-    """Ids split into contiguous frequency blocks; block ``i`` stores ``n_i x d_i`` rows and, when
-    ``d_i < d``, a ``d_i x d`` projection (no bias) back to ``d``.
+@dataclass(frozen=True)
+class MixedDimKnobs(Knobs):
+    block_sizes: list[int | None] | None = None  # rows per block in id order; last may be null
+    block_dims: list[int] | None = None  # d_i per block; null: the alpha-power rule
+    num_blocks: int = 3  # blocks of equal interaction mass when block_sizes is null
+    alpha: float = 0.3  # d_i = round(d * (p_i / p_0) ** alpha)
+    min_dim: int = 1
+    init_std: float = 0.01
 
-    Blocks come from ``block_sizes`` (row counts in id order, the last may be null = "the rest";
-    Keras example: ``[400, 1300, null]`` at ``[64, 32, 16]``) or, when null, ``num_blocks`` blocks of
-    equal interaction mass. Dimensions come from ``block_dims`` or, when null, the alpha-power rule
-    ``d_i = round(d * (p_i / p_0) ** alpha)`` (``recbench.embeddings.mixed_dim_solver``). The rule
-    reads ``counts``, hence ``frequency_aware``. ``knobs()`` reports the resolved blocks and dims so
-    the layer can be rebuilt without counts. Init: tables ``N(0, init_std^2)``, projections
-    ``N(0, 1/d_i)`` so projected rows start with std ``init_std``. Serving bits
-    ``sum 32*n_i*d_i + sum_{d_i<d} 32*d_i*d``.
-    """
-
-    frequency_aware: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        *,
-        counts: Tensor | None = None,
-        block_sizes: Sequence[int | None] | None = None,
-        block_dims: Sequence[int] | None = None,
-        num_blocks: int = 3,
-        alpha: float = 0.3,
-        min_dim: int = 1,
-        init_std: float = 0.01,
-    ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        block_sizes, block_dims = _int_list(block_sizes), _int_list(block_dims)
-        knobs = {
-            "block_sizes": block_sizes,
-            "block_dims": block_dims,
-            "num_blocks": num_blocks,
-            "alpha": alpha,
-            "min_dim": min_dim,
-            "init_std": init_std,
-        }
-        self.check_knobs(embedding_dim, **knobs)
-        self.num_blocks = int(num_blocks)
-        self.alpha = float(alpha)
-        self.min_dim = int(min_dim)
-        self.init_std = float(init_std)
-        self.block_sizes, self.block_dims = self._resolve(
-            self.num_ids, self.embedding_dim, self.counts, **knobs
-        )
-        self.tables = nn.ParameterList(
-            nn.Parameter(torch.randn(n_i, d_i) * self.init_std)
-            for n_i, d_i in zip(self.block_sizes, self.block_dims)
-        )
-        self.projections = nn.ParameterDict(
-            {
-                str(i): nn.Parameter(torch.randn(d_i, self.embedding_dim) / math.sqrt(d_i))
-                for i, d_i in enumerate(self.block_dims)
-                if d_i < self.embedding_dim
-            }
-        )
-
-    # --------------------------------------------------------------- resolution
-    @staticmethod
-    def _resolve(
-        num_ids: int, embedding_dim: int, counts: Tensor | None, **knobs: Any
-    ) -> tuple[list[int], list[int]]:
-        """Block sizes and dims from the knobs (and counts when a rule needs them); empty blocks
-        (e.g. a "rest" that is empty) are dropped, as they would store a useless projection."""
-        sizes_knob, dims_knob = knobs.get("block_sizes"), knobs.get("block_dims")
-        if (sizes_knob is None or dims_knob is None) and counts is None:
-            raise ConfigError(
-                "MixedDimEmbedding needs training counts for the alpha-power rule; pass counts= or "
-                "set both method.block_sizes and method.block_dims explicitly"
-            )
-        real_counts = None if counts is None else as_real_counts(counts.numpy(), num_ids)
-        if sizes_knob is not None:
-            sizes = resolve_block_sizes(sizes_knob, num_ids)
-            if dims_knob is not None and len(dims_knob) == len(sizes):
-                dims_knob = [k for k, s in zip(dims_knob, sizes) if s > 0]
-            sizes = [s for s in sizes if s > 0]
-        else:
-            k = len(dims_knob) if dims_knob is not None else int(knobs.get("num_blocks", 3))
-            sizes = mass_blocks(real_counts, k)
-        if dims_knob is not None:
-            dims = [int(x) for x in dims_knob]
-            if len(dims) != len(sizes):
-                raise ConfigError(
-                    f"method.block_dims={dims} has {len(dims)} entries but there are {len(sizes)} "
-                    f"blocks ({num_ids} ids); give one dimension per block"
-                )
-        else:
-            ratios = popularity_ratios(real_counts, sizes)
-            dims = dims_from_ratios(
-                ratios, sizes, knobs.get("alpha", 0.3), embedding_dim, knobs.get("min_dim", 1)
-            )
-        return sizes, dims
-
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        sizes, dims = _int_list(knobs.get("block_sizes")), _int_list(knobs.get("block_dims"))
+    def validate(self, embedding_dim: int) -> None:
+        sizes, dims = _int_list(self.block_sizes), _int_list(self.block_dims)
         if sizes is not None and (not sizes or any(s is None for s in sizes[:-1])):
             raise ConfigError(
                 f"method.block_sizes={sizes} must be a non-empty list of row counts; only the last "
@@ -144,12 +58,12 @@ class MixedDimEmbedding(CompressedEmbedding):
                     f"method.block_dims={dims} and method.block_sizes={sizes} differ in length; "
                     "give one dimension per block"
                 )
-        num_blocks = knobs.get("num_blocks", 3)
+        num_blocks = self.num_blocks
         if isinstance(num_blocks, bool) or int(num_blocks) != num_blocks or num_blocks < 1:
             raise ConfigError(f"method.num_blocks={num_blocks} must be an integer >= 1, e.g. 3")
-        if not knobs.get("alpha", 0.3) >= 0:
-            raise ConfigError(f"method.alpha={knobs['alpha']} must be >= 0 (0 = full dimension)")
-        min_dim = knobs.get("min_dim", 1)
+        if not self.alpha >= 0:
+            raise ConfigError(f"method.alpha={self.alpha} must be >= 0 (0 = full dimension)")
+        min_dim = self.min_dim
         if (
             isinstance(min_dim, bool)
             or int(min_dim) != min_dim
@@ -158,8 +72,84 @@ class MixedDimEmbedding(CompressedEmbedding):
             raise ConfigError(
                 f"method.min_dim={min_dim} must be an integer in [1, {embedding_dim}]"
             )
-        if knobs.get("init_std", 0.01) <= 0:
-            raise ConfigError(f"method.init_std={knobs['init_std']} must be > 0, e.g. 0.01")
+        if self.init_std <= 0:
+            raise ConfigError(f"method.init_std={self.init_std} must be > 0, e.g. 0.01")
+
+
+class MixedDimEmbedding(CompressedEmbedding):
+    """Ids split into contiguous frequency blocks; block ``i`` stores ``n_i x d_i`` rows and, when
+    ``d_i < d``, a ``d_i x d`` projection (no bias) back to ``d``.
+
+    Blocks come from ``block_sizes`` (row counts in id order, the last may be null = "the rest";
+    Keras example: ``[400, 1300, null]`` at ``[64, 32, 16]``) or, when null, ``num_blocks`` blocks of
+    equal interaction mass. Dimensions come from ``block_dims`` or, when null, the alpha-power rule
+    ``d_i = round(d * (p_i / p_0) ** alpha)`` (``recbench.embeddings.mixed_dim_solver``). The rule
+    reads ``counts``, hence ``frequency_aware``. ``knobs()`` reports the resolved blocks and dims so
+    the layer can be rebuilt without counts. Init: tables ``N(0, init_std^2)``, projections
+    ``N(0, 1/d_i)`` so projected rows start with std ``init_std``. Serving bits
+    ``sum 32*n_i*d_i + sum_{d_i<d} 32*d_i*d``.
+    """
+
+    frequency_aware: ClassVar[bool] = True
+    knob_type = MixedDimKnobs
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        counts: Tensor | None = None,
+        **knobs: Any,
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
+        self.block_sizes, self.block_dims = self._resolve(
+            self.num_ids, self.embedding_dim, self.counts, self.given_knobs
+        )
+        self.tables = nn.ParameterList(
+            nn.Parameter(torch.randn(n_i, d_i) * self.init_std)
+            for n_i, d_i in zip(self.block_sizes, self.block_dims)
+        )
+        self.projections = nn.ParameterDict(
+            {
+                str(i): nn.Parameter(torch.randn(d_i, self.embedding_dim) / math.sqrt(d_i))
+                for i, d_i in enumerate(self.block_dims)
+                if d_i < self.embedding_dim
+            }
+        )
+
+    # --------------------------------------------------------------- resolution
+    @staticmethod
+    def _resolve(
+        num_ids: int, embedding_dim: int, counts: Tensor | None, knobs: MixedDimKnobs
+    ) -> tuple[list[int], list[int]]:
+        """Block sizes and dims from the knobs (and counts when a rule needs them); empty blocks
+        (e.g. a "rest" that is empty) are dropped, as they would store a useless projection."""
+        sizes_knob, dims_knob = _int_list(knobs.block_sizes), _int_list(knobs.block_dims)
+        if (sizes_knob is None or dims_knob is None) and counts is None:
+            raise ConfigError(
+                "MixedDimEmbedding needs training counts for the alpha-power rule; pass counts= or "
+                "set both method.block_sizes and method.block_dims explicitly"
+            )
+        real_counts = None if counts is None else as_real_counts(counts.numpy(), num_ids)
+        if sizes_knob is not None:
+            sizes = resolve_block_sizes(sizes_knob, num_ids)
+            if dims_knob is not None and len(dims_knob) == len(sizes):
+                dims_knob = [k for k, s in zip(dims_knob, sizes) if s > 0]
+            sizes = [s for s in sizes if s > 0]
+        else:
+            k = len(dims_knob) if dims_knob is not None else int(knobs.num_blocks)
+            sizes = mass_blocks(real_counts, k)
+        if dims_knob is not None:
+            dims = [int(x) for x in dims_knob]
+            if len(dims) != len(sizes):
+                raise ConfigError(
+                    f"method.block_dims={dims} has {len(dims)} entries but there are {len(sizes)} "
+                    f"blocks ({num_ids} ids); give one dimension per block"
+                )
+        else:
+            ratios = popularity_ratios(real_counts, sizes)
+            dims = dims_from_ratios(ratios, sizes, knobs.alpha, embedding_dim, knobs.min_dim)
+        return sizes, dims
 
     # ----------------------------------------------------------------- contract
     def _block_rows(self, i: int) -> Tensor:
@@ -193,16 +183,6 @@ class MixedDimEmbedding(CompressedEmbedding):
     def serving_bits(self) -> int:
         return mixed_dim_bits(self.block_sizes, self.block_dims, self.embedding_dim)
 
-    def knobs(self) -> dict[str, Any]:
-        return {
-            "block_sizes": list(self.block_sizes),
-            "block_dims": list(self.block_dims),
-            "num_blocks": self.num_blocks,
-            "alpha": self.alpha,
-            "min_dim": self.min_dim,
-            "init_std": self.init_std,
-        }
-
     def serving_tensors(self) -> dict[str, Tensor]:
         tensors = {
             f"table{i}": t.detach().float().cpu().contiguous() for i, t in enumerate(self.tables)
@@ -233,10 +213,10 @@ class MixedDimEmbedding(CompressedEmbedding):
     ) -> dict[str, Any]:
         """Picks ``alpha`` (the blocks stay as configured): the smallest ``alpha`` whose layer is the
         largest that fits ``budget`` (``mixed_dim_solver.solve_alpha``)."""
-        cls.check_knobs(embedding_dim, **knobs)
-        if knobs.get("block_dims") is not None:
+        given = cls.check_knobs(embedding_dim, **knobs)
+        if given.block_dims is not None:
             raise ConfigError(
-                f"method.block_dims={_int_list(knobs['block_dims'])} fixes the size, so "
+                f"method.block_dims={_int_list(given.block_dims)} fixes the size, so "
                 "method.budget cannot choose it; set method.block_dims=null (alpha-power rule)"
             )
         if counts is None:
@@ -244,10 +224,10 @@ class MixedDimEmbedding(CompressedEmbedding):
                 "method.budget for MixedDimEmbedding needs training counts (the alpha-power rule)"
             )
         real_counts = as_real_counts(torch.as_tensor(counts).numpy(), num_ids)
-        sizes_knob = _int_list(knobs.get("block_sizes"))
+        sizes_knob = _int_list(given.block_sizes)
         if sizes_knob is not None:
             sizes = [s for s in resolve_block_sizes(sizes_knob, num_ids) if s > 0]
         else:
-            sizes = mass_blocks(real_counts, int(knobs.get("num_blocks", 3)))
-        alpha = solve_alpha(budget, real_counts, sizes, embedding_dim, int(knobs.get("min_dim", 1)))
+            sizes = mass_blocks(real_counts, int(given.num_blocks))
+        alpha = solve_alpha(budget, real_counts, sizes, embedding_dim, int(given.min_dim))
         return {**knobs, "alpha": alpha}

@@ -37,12 +37,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.dpq import version_key
 from recbench.embeddings.packing import MAX_BITS, pack_bits, unpack_bits
 from recbench.errors import ConfigError
@@ -85,9 +86,45 @@ def soft_threshold(values: Tensor, thresholds: Tensor) -> Tensor:
     return torch.sign(values) * torch.relu(values.abs() - torch.sigmoid(thresholds))
 
 
+@dataclass(frozen=True)
+class PEPKnobs(Knobs):
+    granularity: str = "feature_dimension"  # one of GRANULARITIES: what one threshold covers
+    threshold_init: float = -8.0  # initial s; the threshold is sigmoid(s)
+    search_epochs: int = 10  # epochs of the threshold search before the mask is frozen
+    target_sparsity: float | None = 0.8  # fraction of zero weights kept at most; null: as found
+    rewind: bool = True  # retrain from the initial weights under the mask (lottery ticket)
+    init_std: float = 0.01
+
+    def validate(self, embedding_dim: int) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(
+                f"method.granularity={self.granularity} is unknown; use one of {', '.join(GRANULARITIES)}"
+            )
+        threshold_init = self.threshold_init
+        if not isinstance(threshold_init, int | float) or isinstance(threshold_init, bool):
+            raise ConfigError(f"method.threshold_init={threshold_init} must be a number, e.g. -8")
+        epochs = self.search_epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"method.search_epochs={epochs} must be an integer >= 1, e.g. 10")
+        target = self.target_sparsity
+        if target is not None and (
+            not isinstance(target, int | float) or isinstance(target, bool) or not 0 <= target <= 1
+        ):
+            raise ConfigError(
+                f"method.target_sparsity={target} must be in [0, 1] (fraction of zero weights) or null"
+            )
+        if not isinstance(self.rewind, bool):
+            raise ConfigError(f"method.rewind={self.rewind} must be true or false")
+        init_std = self.init_std
+        if not isinstance(init_std, int | float) or init_std <= 0:
+            raise ConfigError(f"method.init_std={init_std} must be > 0; use e.g. 0.01")
+
+
 class PEPEmbedding(CompressedEmbedding):
     """A table pruned weight by weight with learned soft thresholds, then retrained under its mask;
     served as CSR: ``32*nnz + nnz*ceil(log2 d) + (n+1)*ceil(log2(nnz+1))`` bits."""
+
+    knob_type = PEPKnobs
 
     def __init__(
         self,
@@ -95,29 +132,9 @@ class PEPEmbedding(CompressedEmbedding):
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        granularity: str = "feature_dimension",
-        threshold_init: float = -8.0,
-        search_epochs: int = 10,
-        target_sparsity: float | None = 0.8,
-        rewind: bool = True,
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.check_knobs(
-            embedding_dim,
-            granularity=granularity,
-            threshold_init=threshold_init,
-            search_epochs=search_epochs,
-            target_sparsity=target_sparsity,
-            rewind=rewind,
-            init_std=init_std,
-        )
-        self.granularity = str(granularity)
-        self.threshold_init = float(threshold_init)
-        self.search_epochs = int(search_epochs)
-        self.target_sparsity = None if target_sparsity is None else float(target_sparsity)
-        self.rewind = bool(rewind)
-        self.init_std = float(init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         total = self.num_ids * self.embedding_dim
         self.max_nonzeros: int | None = None
         if self.target_sparsity is not None:
@@ -138,43 +155,6 @@ class PEPEmbedding(CompressedEmbedding):
         self.register_buffer("retraining", torch.zeros((), dtype=torch.bool))
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: Tensor | None = None
-
-    # ------------------------------------------------------------------ knobs
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        granularity = knobs.get("granularity", "feature_dimension")
-        if granularity not in GRANULARITIES:
-            raise ConfigError(
-                f"method.granularity={granularity} is unknown; use one of {', '.join(GRANULARITIES)}"
-            )
-        threshold_init = knobs.get("threshold_init", -8.0)
-        if not isinstance(threshold_init, int | float) or isinstance(threshold_init, bool):
-            raise ConfigError(f"method.threshold_init={threshold_init} must be a number, e.g. -8")
-        epochs = knobs.get("search_epochs", 10)
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError(f"method.search_epochs={epochs} must be an integer >= 1, e.g. 10")
-        target = knobs.get("target_sparsity")
-        if target is not None and (
-            not isinstance(target, int | float) or isinstance(target, bool) or not 0 <= target <= 1
-        ):
-            raise ConfigError(
-                f"method.target_sparsity={target} must be in [0, 1] (fraction of zero weights) or null"
-            )
-        if not isinstance(knobs.get("rewind", True), bool):
-            raise ConfigError(f"method.rewind={knobs['rewind']} must be true or false")
-        init_std = knobs.get("init_std", 0.01)
-        if not isinstance(init_std, int | float) or init_std <= 0:
-            raise ConfigError(f"method.init_std={init_std} must be > 0; use e.g. 0.01")
-
-    def knobs(self) -> dict[str, Any]:
-        return {
-            "granularity": self.granularity,
-            "threshold_init": self.threshold_init,
-            "search_epochs": self.search_epochs,
-            "target_sparsity": self.target_sparsity,
-            "rewind": self.rewind,
-            "init_std": self.init_std,
-        }
 
     # ---------------------------------------------------------------- pruning
     def _thresholds(self, ids: Tensor | None) -> Tensor:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.hashing import check_bucket_knobs, resolve_num_buckets
 from recbench.errors import ConfigError
 
@@ -39,6 +40,29 @@ def qr_bits(num_ids: int, embedding_dim: int, num_buckets: int, combiner: str) -
     return 32 * (-(-num_ids // num_buckets) * d1 + num_buckets * d2)
 
 
+@dataclass(frozen=True)
+class QRKnobs(Knobs):
+    num_buckets: int | None = None  # remainder rows m; when set it overrides compression_ratio
+    compression_ratio: float | None = 0.02  # m = floor(compression_ratio * n) when num_buckets is null
+    combiner: str = "mult"  # mult, add or concat
+    init_std: float = 0.01
+
+    def validate(self, embedding_dim: int) -> None:
+        check_bucket_knobs(self.num_buckets, self.compression_ratio)
+        combiner = self.combiner
+        if combiner not in COMBINERS:
+            raise ConfigError(
+                f"method.combiner={combiner} is unknown; use one of {', '.join(COMBINERS)}"
+            )
+        if combiner == "concat" and embedding_dim % 2:
+            raise ConfigError(
+                f"method.combiner=concat needs an even embedding dimension (got {embedding_dim}): "
+                "each table holds half of it; use an even dimension or method.combiner=mult"
+            )
+        if self.init_std <= 0:
+            raise ConfigError(f"method.init_std={self.init_std} must be > 0, e.g. 0.01")
+
+
 class QuotientRemainderEmbedding(CompressedEmbedding):
     """``ceil(n/m) x d1`` quotient table and ``m x d2`` remainder table, combined per id.
 
@@ -54,29 +78,18 @@ class QuotientRemainderEmbedding(CompressedEmbedding):
     ``m`` is ``num_buckets`` when set, else ``floor(compression_ratio * n)``.
     """
 
+    knob_type = QRKnobs
+
     def __init__(
         self,
         num_embeddings: int,
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        num_buckets: int | None = None,
-        compression_ratio: float | None = 0.02,
-        combiner: str = "mult",
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.check_knobs(
-            embedding_dim,
-            num_buckets=num_buckets,
-            compression_ratio=compression_ratio,
-            combiner=combiner,
-            init_std=init_std,
-        )
-        self.num_buckets = resolve_num_buckets(num_buckets, compression_ratio, self.num_ids)
-        self.compression_ratio = None if compression_ratio is None else float(compression_ratio)
-        self.combiner = str(combiner)
-        self.init_std = float(init_std)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
+        self.num_buckets = resolve_num_buckets(self.num_buckets, self.compression_ratio, self.num_ids)
         d1, d2 = qr_split_dims(self.embedding_dim, self.combiner)
         num_quotients = -(-self.num_ids // self.num_buckets)
         q_mean, std = 0.0, self.init_std
@@ -86,22 +99,6 @@ class QuotientRemainderEmbedding(CompressedEmbedding):
             std = self.init_std / math.sqrt(2.0)
         self.quotient = nn.Parameter(q_mean + std * torch.randn(num_quotients, d1))
         self.remainder = nn.Parameter(std * torch.randn(self.num_buckets, d2))
-
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        check_bucket_knobs(knobs.get("num_buckets"), knobs.get("compression_ratio", 0.02))
-        combiner = knobs.get("combiner", "mult")
-        if combiner not in COMBINERS:
-            raise ConfigError(
-                f"method.combiner={combiner} is unknown; use one of {', '.join(COMBINERS)}"
-            )
-        if combiner == "concat" and embedding_dim % 2:
-            raise ConfigError(
-                f"method.combiner=concat needs an even embedding dimension (got {embedding_dim}): "
-                "each table holds half of it; use an even dimension or method.combiner=mult"
-            )
-        if knobs.get("init_std", 0.01) <= 0:
-            raise ConfigError(f"method.init_std={knobs['init_std']} must be > 0, e.g. 0.01")
 
     @staticmethod
     def _combine(q: Tensor, r: Tensor, combiner: str) -> Tensor:
@@ -123,14 +120,6 @@ class QuotientRemainderEmbedding(CompressedEmbedding):
 
     def serving_bits(self) -> int:
         return qr_bits(self.num_ids, self.embedding_dim, self.num_buckets, self.combiner)
-
-    def knobs(self) -> dict[str, Any]:
-        return {
-            "num_buckets": self.num_buckets,
-            "compression_ratio": self.compression_ratio,
-            "combiner": self.combiner,
-            "init_std": self.init_std,
-        }
 
     def serving_tensors(self) -> dict[str, Tensor]:
         return {
@@ -161,8 +150,7 @@ class QuotientRemainderEmbedding(CompressedEmbedding):
         so a binary search over ``[ceil(sqrt(n)), n]`` finds the best fit (the larger ``m``: more
         remainder rows, fewer ids per quotient row).
         """
-        combiner = knobs.get("combiner", "mult")
-        cls.check_knobs(embedding_dim, **{**knobs, "num_buckets": 1})
+        combiner = cls.check_knobs(embedding_dim, **{**knobs, "num_buckets": 1}).combiner
         full = 32 * num_ids * embedding_dim
 
         def fits(m: int) -> bool:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
+from recbench.embeddings.hashing import PRIME, check_universal_hash_ids
 from recbench.errors import ConfigError
-
-PRIME = 2**31 - 1  # modulus of the universal hashes; ids must stay below it
 
 
 def robe_coefficients(seed: int) -> Tensor:
@@ -55,56 +55,17 @@ def robe_lookup(
     return values
 
 
-class ROBEmbedding(CompressedEmbedding):
-    """Random offset block embedding (see the module docstring); serving bits ``32 * m``.
+@dataclass(frozen=True)
+class ROBEKnobs(Knobs):
+    array_size: int | None = None  # m floats; when set it overrides compression_ratio
+    compression_ratio: float | None = 0.25  # m = floor(compression_ratio * n * d) when array_size is null
+    block_size: int = 32  # Z, at most d
+    sign_hash: bool = False
+    hash_seed: int = 0
+    init_std: float = 0.01
 
-    ``m`` is ``array_size`` when set, else ``floor(compression_ratio * n * d)`` (the fraction of the
-    full table's size). Init ``N(0, init_std^2)`` for the array, so every embedding entry starts
-    with std ``init_std`` like a full table's (the reference code initialises uniformly; recbench
-    keeps one init scale for all methods). Padding (id 0) is zeroed, never stored.
-    """
-
-    #: Ids read at once by ``full_table`` (a ``(chunk, d)`` int64 index each): bounds its memory.
-    chunk_size = 65536
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        *,
-        counts: Tensor | None = None,
-        array_size: int | None = None,
-        compression_ratio: float | None = 0.25,
-        block_size: int = 32,
-        sign_hash: bool = False,
-        hash_seed: int = 0,
-        init_std: float = 0.01,
-    ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.check_knobs(
-            embedding_dim, array_size=array_size, compression_ratio=compression_ratio,
-            block_size=block_size, sign_hash=sign_hash, hash_seed=hash_seed, init_std=init_std,
-        )  # fmt: skip
-        if self.num_embeddings > PRIME:
-            raise ConfigError(
-                f"{self.num_ids} ids exceed ROBE's universal hash (ids must stay below 2^31 - 1)"
-            )
-        self.compression_ratio = None if compression_ratio is None else float(compression_ratio)
-        self.array_size = (
-            int(array_size)
-            if array_size is not None
-            else max(
-                1, math.floor(float(compression_ratio) * self.num_ids * self.embedding_dim + 1e-9)
-            )
-        )
-        self.block_size, self.sign_hash = int(block_size), bool(sign_hash)
-        self.hash_seed, self.init_std = int(hash_seed), float(init_std)
-        self.array = nn.Parameter(torch.randn(self.array_size) * self.init_std)
-        self.register_buffer("coef", robe_coefficients(self.hash_seed), persistent=False)
-
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        size, ratio = knobs.get("array_size"), knobs.get("compression_ratio", 0.25)
+    def validate(self, embedding_dim: int) -> None:
+        size, ratio = self.array_size, self.compression_ratio
         if size is not None:
             if isinstance(size, bool) or int(size) != size or not 1 <= size < PRIME:
                 raise ConfigError(
@@ -119,19 +80,50 @@ class ROBEmbedding(CompressedEmbedding):
             raise ConfigError(
                 f"method.compression_ratio={ratio} must be > 0 (array size / (n * d), e.g. 0.25)"
             )
-        z = knobs.get("block_size", 32)
+        z = self.block_size
         if isinstance(z, bool) or int(z) != z or not 1 <= z <= embedding_dim:
             raise ConfigError(
                 f"method.block_size={z} must be an integer in [1, {embedding_dim}] (the embedding "
                 "dimension), e.g. 32"
             )
-        if not isinstance(knobs.get("sign_hash", False), bool):
-            raise ConfigError(f"method.sign_hash={knobs['sign_hash']} must be true or false")
-        seed = knobs.get("hash_seed", 0)
+        if not isinstance(self.sign_hash, bool):
+            raise ConfigError(f"method.sign_hash={self.sign_hash} must be true or false")
+        seed = self.hash_seed
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"method.hash_seed={seed} must be an integer >= 0")
-        if knobs.get("init_std", 0.01) <= 0:
-            raise ConfigError(f"method.init_std={knobs['init_std']} must be > 0, e.g. 0.01")
+        if self.init_std <= 0:
+            raise ConfigError(f"method.init_std={self.init_std} must be > 0, e.g. 0.01")
+
+
+class ROBEmbedding(CompressedEmbedding):
+    """Random offset block embedding (see the module docstring); serving bits ``32 * m``.
+
+    ``m`` is ``array_size`` when set, else ``floor(compression_ratio * n * d)`` (the fraction of the
+    full table's size). Init ``N(0, init_std^2)`` for the array, so every embedding entry starts
+    with std ``init_std`` like a full table's (the reference code initialises uniformly; recbench
+    keeps one init scale for all methods). Padding (id 0) is zeroed, never stored.
+    """
+
+    #: Ids read at once by ``full_table`` (a ``(chunk, d)`` int64 index each): bounds its memory.
+    chunk_size = 65536
+
+    knob_type = ROBEKnobs
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        counts: Tensor | None = None,
+        **knobs: Any,
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
+        check_universal_hash_ids(self.num_embeddings, "ROBE")
+        if self.array_size is None:
+            ratio = self.compression_ratio
+            self.array_size = max(1, math.floor(ratio * self.num_ids * self.embedding_dim + 1e-9))
+        self.array = nn.Parameter(torch.randn(self.array_size) * self.init_std)
+        self.register_buffer("coef", robe_coefficients(self.hash_seed), persistent=False)
 
     def forward(self, ids: Tensor) -> Tensor:
         flat = ids.reshape(-1)
@@ -157,16 +149,6 @@ class ROBEmbedding(CompressedEmbedding):
 
     def serving_bits(self) -> int:
         return 32 * self.array_size
-
-    def knobs(self) -> dict[str, Any]:
-        return {
-            "array_size": self.array_size,
-            "compression_ratio": self.compression_ratio,
-            "block_size": self.block_size,
-            "sign_hash": self.sign_hash,
-            "hash_seed": self.hash_seed,
-            "init_std": self.init_std,
-        }
 
     def serving_tensors(self) -> dict[str, Tensor]:
         return {"array": self.array.detach().float().cpu().contiguous()}

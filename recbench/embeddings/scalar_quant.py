@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
+from recbench.embeddings.full import padded_table
 from recbench.embeddings.packing import MAX_BITS, pack_bits, unpack_bits
 from recbench.errors import ConfigError
 
@@ -62,6 +64,27 @@ def dequantize(codes: Tensor, offset: Tensor, scale: Tensor, granularity: str) -
     return torch.cat([values.new_zeros(1, values.shape[1]), values])
 
 
+@dataclass(frozen=True)
+class ScalarQuantKnobs(Knobs):
+    bits: int = 8  # bits per stored value, 1..16
+    granularity: str = "column"  # column (per-dimension min/max, the paper's) or row
+    init_std: float = 0.01
+
+    def validate(self, embedding_dim: int) -> None:
+        bits = self.bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+            raise ConfigError(
+                f"method.bits={bits} is not an integer in 1..{MAX_BITS}; use e.g. method.bits=8"
+            )
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(
+                f"method.granularity={self.granularity} is unknown; use column (per-dimension "
+                "min/max, the paper's) or row"
+            )
+        if self.init_std <= 0:
+            raise ConfigError(f"method.init_std={self.init_std} must be > 0; use e.g. 0.01")
+
+
 class ScalarQuantEmbedding(CompressedEmbedding):
     """A float ``n x d`` table trained as usual and served as ``bits``-bit uniform levels.
 
@@ -70,47 +93,20 @@ class ScalarQuantEmbedding(CompressedEmbedding):
     full table (MGQE paper: std 0.01).
     """
 
+    knob_type = ScalarQuantKnobs
+
     def __init__(
         self,
         num_embeddings: int,
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        bits: int = 8,
-        granularity: str = "column",
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.check_knobs(embedding_dim, bits=bits, granularity=granularity, init_std=init_std)
-        self.bits = int(bits)
-        self.granularity = str(granularity)
-        self.init_std = float(init_std)
-        self.weight_table = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=0)
-        nn.init.normal_(self.weight_table.weight, std=self.init_std)
-        with torch.no_grad():
-            self.weight_table.weight[0].zero_()
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
+        self.weight_table = padded_table(self.num_embeddings, self.embedding_dim, self.init_std)
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: ScalarQuantState | None = None
-
-    # ------------------------------------------------------------------ knobs
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        bits = knobs.get("bits", 8)
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-            raise ConfigError(
-                f"method.bits={bits} is not an integer in 1..{MAX_BITS}; use e.g. method.bits=8"
-            )
-        granularity = knobs.get("granularity", "column")
-        if granularity not in GRANULARITIES:
-            raise ConfigError(
-                f"method.granularity={granularity} is unknown; use column (per-dimension min/max, "
-                "the paper's) or row"
-            )
-        if knobs.get("init_std", 0.01) <= 0:
-            raise ConfigError(f"method.init_std={knobs['init_std']} must be > 0; use e.g. 0.01")
-
-    def knobs(self) -> dict[str, Any]:
-        return {"bits": self.bits, "granularity": self.granularity, "init_std": self.init_std}
 
     # ------------------------------------------------------------ quantization
     def quantize(self) -> ScalarQuantState:
@@ -197,8 +193,7 @@ class ScalarQuantEmbedding(CompressedEmbedding):
 
         ``granularity`` (and the other knobs) are kept from the YAML.
         """
-        granularity = knobs.get("granularity", "column")
-        cls.check_knobs(embedding_dim, **{**knobs, "bits": 8})
+        granularity = cls.check_knobs(embedding_dim, **{**knobs, "bits": 8}).granularity
         n, d = int(num_ids), int(embedding_dim)
         full = 32 * n * d
         overhead = 2 * 32 * (d if granularity == "column" else n)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.errors import ConfigError
 
 
@@ -127,54 +128,20 @@ def tt_full(cores: Sequence[Tensor], num_rows: int) -> Tensor:
     return res.reshape(math.prod(rows), math.prod(dims))[:num_rows]
 
 
-class TTRecEmbedding(CompressedEmbedding):
-    """Tensor-train table (see the module docstring); serving bits ``32 * sum_k r_{k-1} n_k d_k r_k``.
+@dataclass(frozen=True)
+class TTRecKnobs(Knobs):
+    tt_rank: int | list[int] = 16  # one rank for every inner bond, or a list of num_cores - 1
+    num_cores: int = 3  # K (paper: 3)
+    n_factors: list[int] | None = None  # row factors; null: balanced factorisation of n
+    d_factors: list[int] | None = None  # dimension factors; null: balanced factorisation of d
+    init_std: float = 0.01
 
-    Knobs: ``tt_rank`` (one rank for every inner bond, or a list of ``K - 1``), ``num_cores`` ``K``
-    (paper: 3), ``n_factors`` / ``d_factors`` (null: balanced factorisations of ``n`` and ``d``).
-    Init (the paper's "sampled Gaussian"): every core entry i.i.d. ``N(0, s^2)`` with
-    ``s = (init_std^2 / prod_k r_k)^(1/(2K))``; a table entry is a sum of ``prod r_k`` products of
-    ``K`` independent entries, so it has mean 0 and std exactly ``init_std``, like a full table's.
-    """
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        *,
-        counts: Tensor | None = None,
-        tt_rank: int | Sequence[int] = 16,
-        num_cores: int = 3,
-        n_factors: Sequence[int] | None = None,
-        d_factors: Sequence[int] | None = None,
-        init_std: float = 0.01,
-    ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.check_knobs(
-            embedding_dim, tt_rank=tt_rank, num_cores=num_cores, n_factors=n_factors,
-            d_factors=d_factors, init_std=init_std,
-        )  # fmt: skip
-        self.num_cores = int(num_cores)
-        self.rows, self.dims, self.ranks = resolve_shapes(
-            self.num_ids, self.embedding_dim, self.num_cores, tt_rank, n_factors, d_factors
-        )
-        self.init_std = float(init_std)
-        core_std = (self.init_std**2 / math.prod(self.ranks)) ** (1.0 / (2 * self.num_cores))
-        self.cores = nn.ParameterList(
-            nn.Parameter(torch.randn(n, self.ranks[k], d, self.ranks[k + 1]) * core_std)
-            for k, (n, d) in enumerate(zip(self.rows, self.dims))
-        )
-        strides = [math.prod(self.rows[k + 1 :]) for k in range(self.num_cores)]
-        self.register_buffer("strides", torch.tensor(strides, dtype=torch.long), persistent=False)
-        self.register_buffer("radices", torch.tensor(self.rows, dtype=torch.long), persistent=False)
-
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        k = knobs.get("num_cores", 3)
+    def validate(self, embedding_dim: int) -> None:
+        k = self.num_cores
         if isinstance(k, bool) or int(k) != k or not 2 <= k <= 8:
             raise ConfigError(f"method.num_cores={k} must be an integer in [2, 8] (paper: 3)")
         k = int(k)
-        rank = knobs.get("tt_rank", 16)
+        rank = self.tt_rank
         if isinstance(rank, (int, float)) and not isinstance(rank, bool):
             if int(rank) != rank or rank < 1:
                 raise ConfigError(
@@ -185,19 +152,54 @@ class TTRecEmbedding(CompressedEmbedding):
                 f"method.tt_rank={list(rank)} must hold num_cores - 1 = {k - 1} ranks (or be one integer)"
             )
         for name in ("n_factors", "d_factors"):
-            value = knobs.get(name)
+            value = getattr(self, name)
             if value is not None and len(_int_list(value, name)) != k:
                 raise ConfigError(
                     f"method.{name}={list(value)} must hold num_cores = {k} factors (or be null)"
                 )
-        dims = knobs.get("d_factors")
+        dims = self.d_factors
         if dims is not None and math.prod(_int_list(dims, "d_factors")) != embedding_dim:
             raise ConfigError(
                 f"method.d_factors={list(dims)} multiply to {math.prod(dims)}, not the embedding "
                 f"dimension {embedding_dim}; give factors of {embedding_dim} or null"
             )
-        if knobs.get("init_std", 0.01) <= 0:
-            raise ConfigError(f"method.init_std={knobs['init_std']} must be > 0, e.g. 0.01")
+        if self.init_std <= 0:
+            raise ConfigError(f"method.init_std={self.init_std} must be > 0, e.g. 0.01")
+
+
+class TTRecEmbedding(CompressedEmbedding):
+    """Tensor-train table (see the module docstring); serving bits ``32 * sum_k r_{k-1} n_k d_k r_k``.
+
+    Knobs: ``tt_rank`` (one rank for every inner bond, or a list of ``K - 1``), ``num_cores`` ``K``
+    (paper: 3), ``n_factors`` / ``d_factors`` (null: balanced factorisations of ``n`` and ``d``).
+    Init (the paper's "sampled Gaussian"): every core entry i.i.d. ``N(0, s^2)`` with
+    ``s = (init_std^2 / prod_k r_k)^(1/(2K))``; a table entry is a sum of ``prod r_k`` products of
+    ``K`` independent entries, so it has mean 0 and std exactly ``init_std``, like a full table's.
+    """
+
+    knob_type = TTRecKnobs
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        counts: Tensor | None = None,
+        **knobs: Any,
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
+        self.rows, self.dims, self.ranks = resolve_shapes(
+            self.num_ids, self.embedding_dim, self.num_cores, self.tt_rank, self.n_factors,
+            self.d_factors,
+        )  # fmt: skip
+        core_std = (self.init_std**2 / math.prod(self.ranks)) ** (1.0 / (2 * self.num_cores))
+        self.cores = nn.ParameterList(
+            nn.Parameter(torch.randn(n, self.ranks[k], d, self.ranks[k + 1]) * core_std)
+            for k, (n, d) in enumerate(zip(self.rows, self.dims))
+        )
+        strides = [math.prod(self.rows[k + 1 :]) for k in range(self.num_cores)]
+        self.register_buffer("strides", torch.tensor(strides, dtype=torch.long), persistent=False)
+        self.register_buffer("radices", torch.tensor(self.rows, dtype=torch.long), persistent=False)
 
     # ---------------------------------------------------------------- forward
     #: A lookup of at least this fraction of the tensor's rows materialises the table (a few GEMMs)
@@ -264,13 +266,13 @@ class TTRecEmbedding(CompressedEmbedding):
         """Largest single ``tt_rank`` whose cores fit ``budget * 32*n*d`` (factorisations as
         configured; the size grows strictly with the rank, so a search from below finds it)."""
         knobs = {**knobs, "tt_rank": 1}
-        cls.check_knobs(embedding_dim, **knobs)
-        k = int(knobs.get("num_cores", 3))
+        given = cls.check_knobs(embedding_dim, **knobs)
+        k = int(given.num_cores)
         full = 32 * num_ids * embedding_dim
 
         def bits(rank: int) -> int:
             rows, dims, ranks = resolve_shapes(
-                num_ids, embedding_dim, k, rank, knobs.get("n_factors"), knobs.get("d_factors")
+                num_ids, embedding_dim, k, rank, given.n_factors, given.d_factors
             )
             return tt_bits(rows, dims, ranks)
 

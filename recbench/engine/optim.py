@@ -31,23 +31,12 @@ class Optimizers:
 
 
 def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Switch the model's embedding tables to sparse gradients and return them: ``nn.Embedding``
-    children of the compressed embedding layers and each layer's ``sparse_parameters()`` (hashed,
-    low-rank and quotient-remainder tables). Positional tables, projections, centroids and MLPs
-    stay dense."""
+    """Switch the model's embedding tables to sparse gradients and return them: each compressed
+    layer says which of its tables are row-gathered (``enable_sparse_gradients``); positional
+    tables, projections, centroids and MLPs stay dense."""
     from recbench.embeddings.base import embedding_layers
 
-    tables: list[torch.nn.Parameter] = []
-    for layer in embedding_layers(model).values():
-        own = layer.sparse_parameters()
-        if own:
-            layer.sparse_grad = True
-            tables.extend(own)
-        for module in layer.modules():
-            if isinstance(module, torch.nn.Embedding):
-                module.sparse = True
-                tables.append(module.weight)
-    return [t for t in tables if t.requires_grad]
+    return [t for layer in embedding_layers(model).values() for t in layer.enable_sparse_gradients(True)]
 
 
 def make_optimizer(

@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from recbench import record
-from recbench.embeddings.base import NON_KNOB_KEYS
 from recbench.errors import RecbenchError
+from recbench.record import NON_KNOB_KEYS
 from recbench.tracking import (
     LOST,
     STATE_TAG,

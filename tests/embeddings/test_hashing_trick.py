@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbench.embeddings import FullEmbedding, HashingTrickEmbedding
+from recbench.embeddings import BloomEmbedding, FullEmbedding, HashingTrickEmbedding
 from recbench.embeddings import hashing as hashing_module
 from recbench.embeddings.hashing import HashFamily, hash_ids
 from recbench.errors import ConfigError
@@ -25,7 +25,7 @@ def test_serving_bits_formula_and_resolved_buckets() -> None:
 def test_mapping_is_the_hash_of_each_id() -> None:
     layer = HashingTrickEmbedding(301, 4, num_buckets=17, hash_family="sha1", hash_seed=9)
     expected = hash_ids(np.arange(1, 301), "sha1", 9, 17)
-    np.testing.assert_array_equal(layer.mapping[1:].numpy(), expected)
+    np.testing.assert_array_equal(layer.mapping[1:, 0].numpy(), expected)
     ids = torch.tensor([[3, 0], [300, 17]])
     out = layer(ids)
     torch.testing.assert_close(out[0, 0], layer.weight[expected[2]])
@@ -99,3 +99,27 @@ def test_check_knobs() -> None:
         HashingTrickEmbedding.check_knobs(64, num_buckets=None, compression_ratio=None)
     with pytest.raises(ConfigError, match="method.init_std"):
         HashingTrickEmbedding(11, 4, init_std=0)
+
+
+@pytest.mark.parametrize("family, seed", [("murmur3", 0), ("murmur3", 7), ("xxhash", 3), ("md5", 1)])
+def test_hashing_trick_is_bloom_with_one_hash(family: str, seed: int) -> None:
+    """The shared hashed-table base must keep the hashing trick's mapping: bucket ``hash(id) % m``
+    with the seed ``hash_seed`` itself (computed here by ``hash_ids``, independently of both
+    layers), which is also Bloom's only function for ``k = 1`` (seed ``hash_seed * 1 + 0``); with
+    the same torch seed both layers start from the same table and serve the same vectors."""
+    n, d, m = 400, 6, 37
+    torch.manual_seed(5)
+    hashed = HashingTrickEmbedding(n + 1, d, num_buckets=m, hash_family=family, hash_seed=seed)
+    torch.manual_seed(5)
+    bloom = BloomEmbedding(n + 1, d, num_hashes=1, num_buckets=m, hash_family=family, hash_seed=seed)
+    expected = hash_ids(np.arange(1, n + 1), family, seed, m)
+    np.testing.assert_array_equal(hashed.mapping[1:, 0].numpy(), expected)
+    assert torch.equal(hashed.mapping, bloom.mapping)
+    assert torch.equal(hashed.weight, bloom.weight)
+    ids = torch.randint(0, n + 1, (5, 7))
+    assert torch.equal(hashed(ids), bloom(ids))
+    assert torch.equal(hashed.full_table(), bloom.full_table())
+    rebuilt = HashingTrickEmbedding.table_from_serving(hashed.serving_tensors(), hashed.serving_meta())
+    assert torch.equal(rebuilt, hashed.full_table())
+    assert hashed.serving_bits() == bloom.serving_bits() == 32 * m * d
+    assert "num_hashes" not in hashed.knobs() and bloom.knobs()["num_hashes"] == 1
