@@ -86,6 +86,7 @@ class Summary:
     epochs_run: int
     epoch_s: float
     total_s: float
+    x_reference: float | None = None  # time_to_target_s / the reference variant's
     note: str = ""
 
 
@@ -100,7 +101,8 @@ def time_to_target(history: list[Epoch], target: float) -> tuple[float | None, i
     return None, None
 
 
-def summarise(variants: list[Variant], target: float) -> list[Summary]:
+def summarise(variants: list[Variant], target: float, reference_name: str | None = None) -> list[Summary]:
+    """One row per variant; ``x_reference`` divides each time to target by ``reference_name``'s."""
     rows = []
     for v in variants:
         seconds, epochs = time_to_target(v.history, target)
@@ -115,6 +117,11 @@ def summarise(variants: list[Variant], target: float) -> list[Summary]:
                 note="; ".join(x for x in (v.note, v.stopped) if x),
             )
         )  # fmt: skip
+    ref = next((r for r in rows if r.name == reference_name), None)
+    if ref is not None and ref.time_to_target_s:
+        for r in rows:
+            if r.time_to_target_s is not None:
+                r.x_reference = r.time_to_target_s / ref.time_to_target_s
     return rows
 
 
@@ -238,14 +245,15 @@ def parse_named(values: list[str], what: str) -> list[tuple[str, str]]:
 
 def print_table(rows: list[Summary]) -> None:
     head = (f"{'variant':16} {'target':>7} {'to target (s)':>13} {'epochs':>6} {'best':>7} "
-            f"{'at ep':>5} {'ran':>4} {'epoch_s':>8} {'total_s':>8}  note")  # fmt: skip
+            f"{'at ep':>5} {'ran':>4} {'epoch_s':>8} {'total_s':>8} {'x ref':>6}  note")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in rows:
         reached = f"{r.time_to_target_s:13.1f}" if r.time_to_target_s is not None else f"{'not reached':>13}"
         epochs = f"{r.epochs_to_target:6d}" if r.epochs_to_target is not None else f"{'-':>6}"
+        ratio = f"{r.x_reference:6.3f}" if r.x_reference is not None else f"{'-':>6}"
         print(f"{r.name:16} {r.target:7.4f} {reached} {epochs} {r.best:7.4f} {r.best_epoch:5d} "
-              f"{r.epochs_run:4d} {r.epoch_s:8.2f} {r.total_s:8.1f}  {r.note}", flush=True)  # fmt: skip
+              f"{r.epochs_run:4d} {r.epoch_s:8.2f} {r.total_s:8.1f} {ratio}  {r.note}", flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = next(v for v in variants if v.name == reference_name)
         reference = max((e.value for e in ref.history), default=math.nan)
     target = args.fraction * reference
-    rows = summarise(variants, target)
+    rows = summarise(variants, target, None if args.reference is not None else reference_name)
     print(f"\ntarget: {args.fraction:g} x {reference:.4f} = {target:.4f} validation NDCG "
           f"(reference: {args.reference if args.reference is not None else reference_name})")  # fmt: skip
     print_table(rows)
