@@ -28,8 +28,13 @@ External libraries (not dependencies): ``--external NAME=module:function`` adds 
 by ``function(data, k=..., seed=...)``, which receives recbench's ``PreparedData`` (the identical
 split) and must return an iterator that trains one epoch per ``next()`` and yields
 ``(train_seconds, valid_seconds, valid_ndcg_at_k)``. When the module cannot be imported the
-variant is reported as not measured (the run goes on). Results: a table on the terminal and CSVs
-(``--out``: the summary; ``<out>.history.csv``: every epoch of every variant).
+variant is reported as not measured (the run goes on). ``scripts/ext_recbole.py`` is such an
+adapter for RecBole's GMF (``make bench-ttq-recbole`` installs RecBole into ``.venv-ext`` and runs
+recbench's GMF against it with ``--reference-variant recbole --fraction 1``: the time each needs to
+reach RecBole's best validation NDCG@10). Results: a table on the terminal (``x ref``: a
+variant's time to target over the reference variant's) and CSVs (``--out``: the summary;
+``<out>.history.csv``: every epoch of every variant); ``--from-history <out>.history.csv``
+summarises a finished run again for another reference or fraction without training.
 """
 
 from __future__ import annotations
@@ -243,6 +248,23 @@ def parse_named(values: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
+def read_history(path: Path) -> list[Variant]:
+    """The variants of a previous run, from its ``<out>.history.csv`` (in the file's order)."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        variants: dict[str, Variant] = {}
+        for row in rows:
+            v = variants.setdefault(row["variant"], Variant(row["variant"], None))
+            v.history.append(Epoch(int(row["epoch"]), float(row["train_s"]), float(row["valid_s"]), float(row["value"])))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"--from-history={path}: not a history CSV of this script ({exc}); "
+                          "pass the <out>.history.csv a run wrote") from None  # fmt: skip
+    if not variants:
+        raise ConfigError(f"--from-history={path} has no epochs; pass the <out>.history.csv a run wrote")
+    return list(variants.values())
+
+
 def print_table(rows: list[Summary]) -> None:
     head = (f"{'variant':16} {'target':>7} {'to target (s)':>13} {'epochs':>6} {'best':>7} "
             f"{'at ep':>5} {'ran':>4} {'epoch_s':>8} {'total_s':>8} {'x ref':>6}  note")  # fmt: skip
@@ -273,35 +295,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=None, help="seconds per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "time_to_quality.csv"))
+    parser.add_argument("--from-history", default=None, metavar="CSV",
+                        help="summarise a previous run's <out>.history.csv for another --reference-variant, "
+                        "--reference or --fraction (no training, nothing written)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if not 0 < args.fraction <= 1:
             raise ConfigError(f"--fraction={args.fraction} must be in (0, 1], e.g. 0.95")
         if args.max_epochs < 1:
             raise ConfigError(f"--max-epochs={args.max_epochs} must be >= 1")
-        variants_spec = parse_named(args.variant or ["full=method=full"], "--variant")
-        externals = parse_named(args.external, "--external")
-        names = [n for n, _ in variants_spec + externals]
+        if args.from_history:
+            variants = read_history(Path(args.from_history))
+            names = [v.name for v in variants]
+        else:
+            variants_spec = parse_named(args.variant or ["full=method=full"], "--variant")
+            externals = parse_named(args.external, "--external")
+            names = [n for n, _ in variants_spec + externals]
         if len(set(names)) != len(names):
             raise ConfigError(f"variant names must be distinct: {names}")
         reference_name = args.reference_variant or names[0]
         if args.reference is None and reference_name not in names:
             raise ConfigError(f"--reference-variant={reference_name} is not one of {names}")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        common = shlex.split(args.common)
-        cache: dict[str, Any] = {}
-        variants = [recbench_variant(n, common + shlex.split(o), cache) for n, o in variants_spec]
+        if not args.from_history:
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            common = shlex.split(args.common)
+            cache: dict[str, Any] = {}
+            variants = [recbench_variant(n, common + shlex.split(o), cache) for n, o in variants_spec]
     except ConfigError as exc:
         print(f"recbench: error: {exc}", file=sys.stderr)
         return 2
-    if externals:
-        data = next(iter(cache.values()))
-        cfg = compose_config(common)
-        variants += [external_variant(n, s, data, int(cfg.eval.k), int(cfg.seed)) for n, s in externals]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.common}; "
-          f"variants {', '.join(names)}", flush=True)  # fmt: skip
-    run_round_robin(variants, args.max_epochs, args.patience, args.time_budget)
+    if not args.from_history:
+        if externals:
+            data = next(iter(cache.values()))
+            cfg = compose_config(common)
+            variants += [external_variant(n, s, data, int(cfg.eval.k), int(cfg.seed)) for n, s in externals]
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.common}; "
+              f"variants {', '.join(names)}", flush=True)  # fmt: skip
+        run_round_robin(variants, args.max_epochs, args.patience, args.time_budget)
     if args.reference is not None:
         reference = args.reference
     else:
@@ -312,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntarget: {args.fraction:g} x {reference:.4f} = {target:.4f} validation NDCG "
           f"(reference: {args.reference if args.reference is not None else reference_name})")  # fmt: skip
     print_table(rows)
+    if args.from_history:
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:

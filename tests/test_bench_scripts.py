@@ -117,6 +117,23 @@ def test_time_to_quality_bad_variant_is_a_one_line_error(capsys) -> None:
     assert "--variant='method=dpq' must be NAME=..." in capsys.readouterr().err
 
 
+def test_from_history_resummarises_against_another_reference(tmp_path: Path, capsys) -> None:
+    history = tmp_path / "run.history.csv"
+    history.write_text(
+        "variant,epoch,train_s,valid_s,value\n"
+        "fast,1,1.0,0.0,0.2\nfast,2,1.0,0.0,0.4\n"
+        "lib,1,3.0,1.0,0.3\nlib,2,3.0,1.0,0.35\nlib,3,3.0,1.0,0.3\n"
+    )
+    assert ttq.main(["--from-history", str(history), "--reference-variant", "lib", "--fraction", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "target: 1 x 0.3500 = 0.3500" in out
+    (fast,) = [line for line in out.splitlines() if line.startswith("fast")]
+    assert fast.split()[2:4] == ["2.0", "2"] and fast.split()[-1] == "0.250"  # 2 s against lib's 8 s
+    assert not (tmp_path / "run.history.history.csv").exists()  # nothing written
+    assert ttq.main(["--from-history", str(tmp_path / "none.csv")]) == 2
+    assert "--from-history=" in capsys.readouterr().err
+
+
 def test_throughput_interleaved_cases_with_losses(tmp_path: Path, monkeypatch) -> None:
     """``--interleave`` with ``--losses``: one row per (method, loss), the first case's relative
     speed is 1, and the sampled softmax's shared candidates count as scored samples."""
