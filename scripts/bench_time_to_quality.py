@@ -13,7 +13,7 @@ the training seconds, the validation seconds and the validation NDCG@K, and repo
   0.95) of ``--reference`` (a number) or, by default, of the best validation NDCG@K the
   ``--reference-variant`` (default: the first variant) reaches in this run;
 * ``best``: the best validation NDCG@K, its epoch and the epochs run; ``epoch_s``: the mean
-  training seconds of an epoch.
+  training seconds of an epoch; ``train_to_target_s`` (``train s``): the training seconds alone.
 
 Examples::
 
@@ -92,6 +92,7 @@ class Summary:
     epoch_s: float
     total_s: float
     x_reference: float | None = None  # time_to_target_s / the reference variant's
+    train_to_target_s: float | None = None  # the training seconds alone in time_to_target_s
     note: str = ""
 
 
@@ -111,6 +112,7 @@ def summarise(variants: list[Variant], target: float, reference_name: str | None
     rows = []
     for v in variants:
         seconds, epochs = time_to_target(v.history, target)
+        train_s = sum(e.train_s for e in v.history[: epochs or 0]) if epochs is not None else None
         best = max(v.history, key=lambda e: e.value, default=None)
         rows.append(
             Summary(
@@ -119,7 +121,7 @@ def summarise(variants: list[Variant], target: float, reference_name: str | None
                 epochs_run=len(v.history),
                 epoch_s=sum(e.train_s for e in v.history) / len(v.history) if v.history else math.nan,
                 total_s=sum(e.train_s + e.valid_s for e in v.history),
-                note="; ".join(x for x in (v.note, v.stopped) if x),
+                note="; ".join(x for x in (v.note, v.stopped) if x), train_to_target_s=train_s,
             )
         )  # fmt: skip
     ref = next((r for r in rows if r.name == reference_name), None)
@@ -266,15 +268,16 @@ def read_history(path: Path) -> list[Variant]:
 
 
 def print_table(rows: list[Summary]) -> None:
-    head = (f"{'variant':16} {'target':>7} {'to target (s)':>13} {'epochs':>6} {'best':>7} "
+    head = (f"{'variant':16} {'target':>7} {'to target (s)':>13} {'train s':>7} {'epochs':>6} {'best':>7} "
             f"{'at ep':>5} {'ran':>4} {'epoch_s':>8} {'total_s':>8} {'x ref':>6}  note")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in rows:
         reached = f"{r.time_to_target_s:13.1f}" if r.time_to_target_s is not None else f"{'not reached':>13}"
         epochs = f"{r.epochs_to_target:6d}" if r.epochs_to_target is not None else f"{'-':>6}"
+        train = f"{r.train_to_target_s:7.1f}" if r.train_to_target_s is not None else f"{'-':>7}"
         ratio = f"{r.x_reference:6.3f}" if r.x_reference is not None else f"{'-':>6}"
-        print(f"{r.name:16} {r.target:7.4f} {reached} {epochs} {r.best:7.4f} {r.best_epoch:5d} "
+        print(f"{r.name:16} {r.target:7.4f} {reached} {train} {epochs} {r.best:7.4f} {r.best_epoch:5d} "
               f"{r.epochs_run:4d} {r.epoch_s:8.2f} {r.total_s:8.1f} {ratio}  {r.note}", flush=True)  # fmt: skip
 
 
