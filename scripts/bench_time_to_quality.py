@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = next(v for v in variants if v.name == reference_name)
         reference = max((e.value for e in ref.history), default=math.nan)
     target = args.fraction * reference
-    rows = summarise(variants, target, None if args.reference is not None else reference_name)
+    rows = summarise(variants, target, reference_name)
     print(f"\ntarget: {args.fraction:g} x {reference:.4f} = {target:.4f} validation NDCG "
           f"(reference: {args.reference if args.reference is not None else reference_name})")  # fmt: skip
     print_table(rows)
