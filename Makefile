@@ -6,9 +6,13 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
+# bench-ttq-recbole: RecBole (not a recbench dependency) lives in its own venv that also sees .venv's packages
+EXT_VENV ?= .venv-ext
+EXT_STAMP := $(EXT_VENV)/.installed
+RECBOLE ?= recbole==1.2.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint format mlflow-ui bench bench-crossover bench-ttq reproduce-small clean
+.PHONY: help install run test test-slow lint format mlflow-ui bench bench-crossover bench-ttq bench-ttq-recbole reproduce-small clean
 
 help: ## list the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -54,6 +58,18 @@ bench-crossover: $(STAMP) ## dense vs sparse embedding updates across vocabulary
 
 bench-ttq: $(STAMP) ## wall time to reach 95 % of a reference validation NDCG@10 (scripts/bench_time_to_quality.py; ARGS="--help")
 	$(PY) scripts/bench_time_to_quality.py $(ARGS)
+
+$(EXT_STAMP): $(STAMP)
+	$(PY) -m venv $(EXT_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")')" \
+	  > "$$($(EXT_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/recbench_venv.pth"
+	$(EXT_VENV)/bin/python -m pip install --quiet $(RECBOLE)
+	@touch $(EXT_STAMP)
+
+bench-ttq-recbole: $(EXT_STAMP) ## recbench's GMF against RecBole's on ml-100k, side by side (RecBole goes into .venv-ext only)
+	OMP_NUM_THREADS=1 $(EXT_VENV)/bin/python scripts/bench_time_to_quality.py --common "dataset=ml-100k model=gmf" \
+	  --variant "recbench=method=full" --external "recbole=ext_recbole:train_gmf" --reference-variant recbole \
+	  --fraction 1 --max-epochs 300 --patience 30 --threads 1 --out outputs/bench/ttq_recbole.csv $(ARGS)
 
 clean: ## remove caches and everything under outputs/ (keeps .venv)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -13,7 +13,7 @@ the training seconds, the validation seconds and the validation NDCG@K, and repo
   0.95) of ``--reference`` (a number) or, by default, of the best validation NDCG@K the
   ``--reference-variant`` (default: the first variant) reaches in this run;
 * ``best``: the best validation NDCG@K, its epoch and the epochs run; ``epoch_s``: the mean
-  training seconds of an epoch.
+  training seconds of an epoch; ``train_to_target_s`` (``train s``): the training seconds alone.
 
 Examples::
 
@@ -28,8 +28,13 @@ External libraries (not dependencies): ``--external NAME=module:function`` adds 
 by ``function(data, k=..., seed=...)``, which receives recbench's ``PreparedData`` (the identical
 split) and must return an iterator that trains one epoch per ``next()`` and yields
 ``(train_seconds, valid_seconds, valid_ndcg_at_k)``. When the module cannot be imported the
-variant is reported as not measured (the run goes on). Results: a table on the terminal and CSVs
-(``--out``: the summary; ``<out>.history.csv``: every epoch of every variant).
+variant is reported as not measured (the run goes on). ``scripts/ext_recbole.py`` is such an
+adapter for RecBole's GMF (``make bench-ttq-recbole`` installs RecBole into ``.venv-ext`` and runs
+recbench's GMF against it with ``--reference-variant recbole --fraction 1``: the time each needs to
+reach RecBole's best validation NDCG@10). Results: a table on the terminal (``x ref``: a
+variant's time to target over the reference variant's) and CSVs (``--out``: the summary;
+``<out>.history.csv``: every epoch of every variant); ``--from-history <out>.history.csv``
+summarises a finished run again for another reference or fraction without training.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class Summary:
     epochs_run: int
     epoch_s: float
     total_s: float
+    x_reference: float | None = None  # time_to_target_s / the reference variant's
+    train_to_target_s: float | None = None  # the training seconds alone in time_to_target_s
     note: str = ""
 
 
@@ -100,10 +107,12 @@ def time_to_target(history: list[Epoch], target: float) -> tuple[float | None, i
     return None, None
 
 
-def summarise(variants: list[Variant], target: float) -> list[Summary]:
+def summarise(variants: list[Variant], target: float, reference_name: str | None = None) -> list[Summary]:
+    """One row per variant; ``x_reference`` divides each time to target by ``reference_name``'s."""
     rows = []
     for v in variants:
         seconds, epochs = time_to_target(v.history, target)
+        train_s = sum(e.train_s for e in v.history[: epochs or 0]) if epochs is not None else None
         best = max(v.history, key=lambda e: e.value, default=None)
         rows.append(
             Summary(
@@ -112,9 +121,14 @@ def summarise(variants: list[Variant], target: float) -> list[Summary]:
                 epochs_run=len(v.history),
                 epoch_s=sum(e.train_s for e in v.history) / len(v.history) if v.history else math.nan,
                 total_s=sum(e.train_s + e.valid_s for e in v.history),
-                note="; ".join(x for x in (v.note, v.stopped) if x),
+                note="; ".join(x for x in (v.note, v.stopped) if x), train_to_target_s=train_s,
             )
         )  # fmt: skip
+    ref = next((r for r in rows if r.name == reference_name), None)
+    if ref is not None and ref.time_to_target_s:
+        for r in rows:
+            if r.time_to_target_s is not None:
+                r.x_reference = r.time_to_target_s / ref.time_to_target_s
     return rows
 
 
@@ -233,16 +247,35 @@ def parse_named(values: list[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
+def read_history(path: Path) -> list[Variant]:
+    """The variants of a previous run, from its ``<out>.history.csv`` (in the file's order)."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        variants: dict[str, Variant] = {}
+        for row in rows:
+            v = variants.setdefault(row["variant"], Variant(row["variant"], None))
+            v.history.append(Epoch(int(row["epoch"]), float(row["train_s"]), float(row["valid_s"]), float(row["value"])))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"--from-history={path}: not a history CSV of this script ({exc}); "
+                          "pass the <out>.history.csv a run wrote") from None  # fmt: skip
+    if not variants:
+        raise ConfigError(f"--from-history={path} has no epochs; pass the <out>.history.csv a run wrote")
+    return list(variants.values())
+
+
 def print_table(rows: list[Summary]) -> None:
-    head = (f"{'variant':16} {'target':>7} {'to target (s)':>13} {'epochs':>6} {'best':>7} "
-            f"{'at ep':>5} {'ran':>4} {'epoch_s':>8} {'total_s':>8}  note")  # fmt: skip
+    head = (f"{'variant':16} {'target':>7} {'to target (s)':>13} {'train s':>7} {'epochs':>6} {'best':>7} "
+            f"{'at ep':>5} {'ran':>4} {'epoch_s':>8} {'total_s':>8} {'x ref':>6}  note")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in rows:
         reached = f"{r.time_to_target_s:13.1f}" if r.time_to_target_s is not None else f"{'not reached':>13}"
         epochs = f"{r.epochs_to_target:6d}" if r.epochs_to_target is not None else f"{'-':>6}"
-        print(f"{r.name:16} {r.target:7.4f} {reached} {epochs} {r.best:7.4f} {r.best_epoch:5d} "
-              f"{r.epochs_run:4d} {r.epoch_s:8.2f} {r.total_s:8.1f}  {r.note}", flush=True)  # fmt: skip
+        train = f"{r.train_to_target_s:7.1f}" if r.train_to_target_s is not None else f"{'-':>7}"
+        ratio = f"{r.x_reference:6.3f}" if r.x_reference is not None else f"{'-':>6}"
+        print(f"{r.name:16} {r.target:7.4f} {reached} {train} {epochs} {r.best:7.4f} {r.best_epoch:5d} "
+              f"{r.epochs_run:4d} {r.epoch_s:8.2f} {r.total_s:8.1f} {ratio}  {r.note}", flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,45 +295,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=None, help="seconds per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "time_to_quality.csv"))
+    parser.add_argument("--from-history", default=None, metavar="CSV",
+                        help="summarise a previous run's <out>.history.csv for another --reference-variant, "
+                        "--reference or --fraction (no training, nothing written)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if not 0 < args.fraction <= 1:
             raise ConfigError(f"--fraction={args.fraction} must be in (0, 1], e.g. 0.95")
         if args.max_epochs < 1:
             raise ConfigError(f"--max-epochs={args.max_epochs} must be >= 1")
-        variants_spec = parse_named(args.variant or ["full=method=full"], "--variant")
-        externals = parse_named(args.external, "--external")
-        names = [n for n, _ in variants_spec + externals]
+        if args.from_history:
+            variants = read_history(Path(args.from_history))
+            names = [v.name for v in variants]
+        else:
+            variants_spec = parse_named(args.variant or ["full=method=full"], "--variant")
+            externals = parse_named(args.external, "--external")
+            names = [n for n, _ in variants_spec + externals]
         if len(set(names)) != len(names):
             raise ConfigError(f"variant names must be distinct: {names}")
         reference_name = args.reference_variant or names[0]
         if args.reference is None and reference_name not in names:
             raise ConfigError(f"--reference-variant={reference_name} is not one of {names}")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        common = shlex.split(args.common)
-        cache: dict[str, Any] = {}
-        variants = [recbench_variant(n, common + shlex.split(o), cache) for n, o in variants_spec]
+        if not args.from_history:
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            common = shlex.split(args.common)
+            cache: dict[str, Any] = {}
+            variants = [recbench_variant(n, common + shlex.split(o), cache) for n, o in variants_spec]
     except ConfigError as exc:
         print(f"recbench: error: {exc}", file=sys.stderr)
         return 2
-    if externals:
-        data = next(iter(cache.values()))
-        cfg = compose_config(common)
-        variants += [external_variant(n, s, data, int(cfg.eval.k), int(cfg.seed)) for n, s in externals]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.common}; "
-          f"variants {', '.join(names)}", flush=True)  # fmt: skip
-    run_round_robin(variants, args.max_epochs, args.patience, args.time_budget)
+    if not args.from_history:
+        if externals:
+            data = next(iter(cache.values()))
+            cfg = compose_config(common)
+            variants += [external_variant(n, s, data, int(cfg.eval.k), int(cfg.seed)) for n, s in externals]
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.common}; "
+              f"variants {', '.join(names)}", flush=True)  # fmt: skip
+        run_round_robin(variants, args.max_epochs, args.patience, args.time_budget)
     if args.reference is not None:
         reference = args.reference
     else:
         ref = next(v for v in variants if v.name == reference_name)
         reference = max((e.value for e in ref.history), default=math.nan)
     target = args.fraction * reference
-    rows = summarise(variants, target)
+    rows = summarise(variants, target, reference_name)
     print(f"\ntarget: {args.fraction:g} x {reference:.4f} = {target:.4f} validation NDCG "
           f"(reference: {args.reference if args.reference is not None else reference_name})")  # fmt: skip
     print_table(rows)
+    if args.from_history:
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -116,6 +117,23 @@ def test_time_to_quality_bad_variant_is_a_one_line_error(capsys) -> None:
     assert "--variant='method=dpq' must be NAME=..." in capsys.readouterr().err
 
 
+def test_from_history_resummarises_against_another_reference(tmp_path: Path, capsys) -> None:
+    history = tmp_path / "run.history.csv"
+    history.write_text(
+        "variant,epoch,train_s,valid_s,value\n"
+        "fast,1,1.0,0.0,0.2\nfast,2,1.0,0.0,0.4\n"
+        "lib,1,3.0,1.0,0.3\nlib,2,3.0,1.0,0.35\nlib,3,3.0,1.0,0.3\n"
+    )
+    assert ttq.main(["--from-history", str(history), "--reference-variant", "lib", "--fraction", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "target: 1 x 0.3500 = 0.3500" in out
+    (fast,) = [line for line in out.splitlines() if line.startswith("fast")]
+    assert fast.split()[2:5] == ["2.0", "2.0", "2"] and fast.split()[-1] == "0.250"  # 2 s against 8 s
+    assert not (tmp_path / "run.history.history.csv").exists()  # nothing written
+    assert ttq.main(["--from-history", str(tmp_path / "none.csv")]) == 2
+    assert "--from-history=" in capsys.readouterr().err
+
+
 def test_throughput_interleaved_cases_with_losses(tmp_path: Path, monkeypatch) -> None:
     """``--interleave`` with ``--losses``: one row per (method, loss), the first case's relative
     speed is 1, and the sampled softmax's shared candidates count as scored samples."""
@@ -134,3 +152,85 @@ def test_throughput_interleaved_cases_with_losses(tmp_path: Path, monkeypatch) -
     assert float(rows[0]["relative"]) == 1.0
     assert all(float(r["samples_per_s"]) > 0 and float(r["step_ms"]) > 0 for r in rows)
     assert all(r["epoch_rate"] == "nan" and float(r["epoch_s"]) > 0 for r in rows)  # estimated
+
+
+# ------------------------------------------------------------------ ext_recbole.py (RecBole adapter)
+import ext_recbole  # noqa: E402 - imports no RecBole at module level
+
+
+def small_ranking_data():  # noqa: ANN201 - a PreparedData
+    from recbench.data.interactions import Interactions
+    from recbench.data.prepared import prepare
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(1, 31), 6)
+    items = np.concatenate([rng.choice(np.arange(100, 140), 6, replace=False) for _ in range(30)])
+    stamps = np.tile([5, 5, 6, 7, 7, 7], 30)  # ties: recbench's file order decides them
+    return prepare(Interactions(users, items, timestamp=stamps), "ranking", seed=0)
+
+
+def fake_recbole_view(data, shuffle_seed: int = 1):  # noqa: ANN001, ANN201
+    """What RecBole's loader would hold for ``data``'s validation part: its own ids (a permutation,
+    0 = [PAD]) with string tokens, positives and history as tensors of its ids."""
+    import types
+
+    import torch
+
+    rng = np.random.default_rng(shuffle_seed)
+    user_tokens = np.array(["[PAD]", *map(str, rng.permutation(np.arange(1, data.num_users + 1)))])
+    item_tokens = np.array(["[PAD]", *map(str, rng.permutation(np.arange(1, data.num_items + 1)))])
+    uid_of = {int(t): i for i, t in enumerate(user_tokens[1:], 1)}
+    iid_of = {int(t): i for i, t in enumerate(item_tokens[1:], 1)}
+    positive = np.array([None] * (data.num_users + 1))
+    history = np.array([None] * (data.num_users + 1))
+    indptr, train_items = data.train_csr()
+    for user, item in zip(data.valid.user.tolist(), data.valid.item.tolist()):
+        positive[uid_of[user]] = torch.tensor([iid_of[item]])
+        history[uid_of[user]] = torch.tensor([iid_of[i] for i in train_items[indptr[user] : indptr[user + 1]]][::-1])
+    loader = types.SimpleNamespace(
+        uid_list=torch.tensor(sorted(uid_of[u] for u in data.valid.user.tolist())),
+        uid2positive_item=positive, uid2history_item=history,
+    )  # fmt: skip
+    dataset = types.SimpleNamespace(
+        uid_field="user_id", iid_field="item_id", item_num=data.num_items + 1,
+        field2id_token={"user_id": user_tokens, "item_id": item_tokens},
+    )  # fmt: skip
+    return loader, dataset
+
+
+def test_recbole_files_hold_recbenchs_split_with_unique_times(tmp_path: Path) -> None:
+    data = small_ranking_data()
+    ext_recbole.write_atomic_files(data, tmp_path)
+    stamps = []
+    for part in ("train", "valid", "test"):
+        lines = (tmp_path / f"recbench.{part}.inter").read_text().splitlines()
+        assert lines[0] == "user_id:token\titem_id:token\ttimestamp:float"
+        rows = np.array([[int(float(x)) for x in line.split("\t")] for line in lines[1:]])
+        inter = getattr(data, part)
+        assert (rows[:, 0] == inter.user).all() and (rows[:, 1] == inter.item).all()
+        stamps.extend(rows[:, 2].tolist())
+    assert stamps == list(range(len(data.train) + len(data.valid) + len(data.test)))
+
+
+def test_validation_checksums_agree_only_for_the_same_protocol() -> None:
+    data = small_ranking_data()
+    loader, dataset = fake_recbole_view(data)
+    ours, theirs = ext_recbole.validation_checksums(data, loader, dataset)
+    assert ours == theirs
+    # another held-out item for one user, or one training item fewer excluded: different checksum
+    uid = int(loader.uid_list[0])
+    original = loader.uid2positive_item[uid]
+    loader.uid2positive_item[uid] = original % (data.num_items) + 1
+    assert ext_recbole.validation_checksums(data, loader, dataset)[1] != ours
+    loader.uid2positive_item[uid] = original
+    loader.uid2history_item[uid] = loader.uid2history_item[uid][1:]
+    assert ext_recbole.validation_checksums(data, loader, dataset)[1] != ours
+
+
+def test_recbole_gmf_trains_on_recbenchs_split() -> None:
+    """Only where RecBole is installed (it is not a dependency): two epochs on a tiny split."""
+    pytest.importorskip("recbole")
+    data = small_ranking_data()
+    epochs = ext_recbole.train_gmf(data, k=10, seed=0, train_batch_size=64)
+    rows = [next(epochs) for _ in range(2)]
+    assert all(train_s > 0 and valid_s > 0 and 0.0 <= value <= 1.0 for train_s, valid_s, value in rows)
