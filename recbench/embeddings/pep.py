@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding
-from recbench.embeddings.dpq import version_key
+from recbench.embeddings.vq import version_key
 from recbench.embeddings.packing import MAX_BITS, pack_bits, unpack_bits
 from recbench.errors import ConfigError
 
