@@ -133,19 +133,25 @@ class _ScalarGrid(NamedTuple):
     @staticmethod
     def build(centroids: Tensor) -> _ScalarGrid | None:
         """The grid of ``centroids (D, K)``; None when it cannot be exact (not float32/64, a grid
-        over 2^24 cells, or a cell holding more than ``_MAX_PER_CELL`` values)."""
+        over 2^24 cells, or a cell holding more than ``_MAX_PER_CELL`` values).
+
+        The sorted order comes from the grid itself (a counting sort: a value's position is the
+        number of values in lower cells plus its rank among the few values of its own cell, by
+        value then index), about 10x cheaper than ``torch.sort`` for 64 x 256 values, and the same
+        order as a stable sort."""
         num, k = centroids.shape
         device = centroids.device
         cells = _CELLS_PER_CENTROID * k
         if centroids.dtype not in (torch.float32, torch.float64) or num * cells > 1 << 24:
             return None  # cell indices must be exact floats
-        values, order = centroids.sort(dim=1, stable=True)
-        low = values[:, :1]
-        scale = cells / (values[:, -1:] - low)
+        low = centroids.amin(1, keepdim=True)
+        scale = cells / (centroids.amax(1, keepdim=True) - low)
         scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale))
-        cell_offset = (torch.arange(num, device=device, dtype=values.dtype) * cells).unsqueeze(1)
-        value_cells = _cells(values, low, scale, cells, cell_offset)
-        per_cell = torch.bincount(value_cells.view(-1), minlength=num * cells).to(torch.int32)
+        cell_offset = (torch.arange(num, device=device, dtype=centroids.dtype) * cells).unsqueeze(1)
+        value_cells = _cells(centroids, low, scale, cells, cell_offset).view(-1)
+        ones = torch.ones(1, dtype=torch.int32, device=device).expand(num * k)
+        per_cell = torch.zeros(num * cells, dtype=torch.int32, device=device)
+        per_cell.index_add_(0, value_cells, ones)
         crowded = int(per_cell.max())
         if crowded > _MAX_PER_CELL:
             return None
@@ -153,19 +159,43 @@ class _ScalarGrid(NamedTuple):
         row_start = (torch.arange(num, device=device, dtype=torch.int32) * width + 1).unsqueeze(1)
         per_row = per_cell.view(num, cells)
         begins = (per_row.cumsum(1, dtype=torch.int32) - per_row + row_start).view(-1)
-        inf = values.new_full((num, 1), float("inf"))
-        padded = torch.cat([inf, values, inf.expand(num, crowded)], 1)
-        below = torch.cat([inf, padded[:, :-1]], 1)
+        position = begins.index_select(0, value_cells).to(torch.int64)
+        flat_values = centroids.reshape(-1)
+        if crowded > 1:  # rank the values of shared cells by (cell, value, index)
+            shared = (per_cell.index_select(0, value_cells) > 1).nonzero().view(-1)
+            shared_cells = value_cells.index_select(0, shared)
+            shared_values = flat_values.index_select(0, shared)
+            key = _order_key(shared_values)
+            if key is None:  # float64: two stable sorts
+                by_value = shared_values.argsort(stable=True)
+                by_cell = shared_cells.index_select(0, by_value).argsort(stable=True)
+                order = by_value.index_select(0, by_cell)
+            else:  # one stable sort of (cell, value) packed into an int64
+                order = (shared_cells.to(torch.int64) << 32 | key).argsort(stable=True)
+            shared, shared_cells = shared.index_select(0, order), shared_cells.index_select(0, order)
+            rank = torch.arange(len(shared), device=device)
+            new_cell = torch.ones_like(shared, dtype=torch.bool)
+            new_cell[1:] = shared_cells[1:] != shared_cells[:-1]
+            rank -= torch.where(new_cell, rank, torch.zeros_like(rank)).cummax(0).values
+            position.index_add_(0, shared, rank)
+        inf = torch.tensor(float("inf"), dtype=centroids.dtype, device=device)
+        padded = inf.expand(num * width).clone().index_copy_(0, position, flat_values)
+        padded = padded.view(num, width)
+        codes = torch.zeros(num * width, dtype=torch.int32, device=device)
+        indices = torch.arange(k, device=device, dtype=torch.int32).repeat(num)
+        codes = codes.index_copy_(0, position, indices).view(num, width)
         # The code of a sorted value is the first (lowest-index) of its run of equal values.
-        positions = torch.arange(k, device=device).expand(num, k)
-        starts = torch.ones_like(values, dtype=torch.bool)
-        starts[:, 1:] = values[:, 1:] != values[:, :-1]
-        first = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values
-        run_codes = order.gather(1, first).to(torch.int32)
-        codes = torch.cat([run_codes[:, :1], run_codes, run_codes[:, -1:].expand(num, crowded)], 1)
+        inner = padded[:, 1 : k + 1]
+        starts = torch.ones_like(inner, dtype=torch.bool)
+        starts[:, 1:] = inner[:, 1:] != inner[:, :-1]
+        if not bool(starts.all()):
+            positions = torch.arange(k, device=device).expand(num, k)
+            first = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values
+            codes[:, 1 : k + 1] = codes[:, 1 : k + 1].gather(1, first)
+        below = torch.cat([inf.expand(num, 1), padded[:, :-1]], 1)
         tie = torch.ones(num, width, dtype=torch.int32, device=device)
         tie[:, 1] = 0  # no value below: the upper one (if any) wins
-        tie[:, 2 : k + 1] = (run_codes[:, :-1] < run_codes[:, 1:]).to(torch.int32)
+        tie[:, 2 : k + 1] = (codes[:, 1:k] < codes[:, 2 : k + 1]).to(torch.int32)
         return _ScalarGrid(
             low.view(-1), scale.view(-1), cell_offset.view(-1), cells, begins, per_cell, crowded,
             padded.reshape(-1), below.reshape(-1), codes.reshape(-1), tie.reshape(-1),
@@ -195,6 +225,15 @@ class _ScalarGrid(NamedTuple):
         take_lower -= self.tie.index_select(0, index)
         take_lower >>= take_lower.element_size() * 8 - 1  # -1 where negative, else 0
         return index.add_(take_lower)
+
+
+def _order_key(values: Tensor) -> Tensor | None:
+    """float32 values as non-negative int64 keys in the same order, equal values (``-0.0`` and
+    ``0.0`` included) equal keys, for packing into one sort key; None for other dtypes."""
+    if values.dtype != torch.float32:
+        return None
+    bits = (values + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into 0.0
+    return torch.where(bits < 0, -1 - bits, bits + (1 << 31))
 
 
 def _cells(x: Tensor, low: Tensor, scale: Tensor, cells: int, offset: Tensor) -> Tensor:
