@@ -116,14 +116,14 @@ class _ScalarGrid(NamedTuple):
     holds the sorted values (``+inf`` at the row's first and last slots), ``below`` the value one
     position lower, ``codes`` the code of each sorted value (the lowest index among equal values),
     ``tie`` 1 where the lower neighbour wins an exact tie, ``begins`` per grid cell the position of
-    its first value, ``per_cell`` the number of values in each cell."""
+    its first value, ``shared`` whether a cell holds several values."""
 
     low: Tensor  # (D,) smallest value per subspace
     scale: Tensor  # (D,) cells per unit
     cell_offset: Tensor  # (D,) first flat cell of each subspace
     cells: int
     begins: Tensor  # (D * cells,) int32
-    per_cell: Tensor  # (D * cells,) int32
+    shared: Tensor  # (D * cells,) bool: the cell holds several values
     crowded: int
     values: Tensor  # (D * width,)
     below: Tensor  # (D * width,)
@@ -197,7 +197,7 @@ class _ScalarGrid(NamedTuple):
         tie[:, 1] = 0  # no value below: the upper one (if any) wins
         tie[:, 2 : k + 1] = (codes[:, 1:k] < codes[:, 2 : k + 1]).to(torch.int32)
         return _ScalarGrid(
-            low.view(-1), scale.view(-1), cell_offset.view(-1), cells, begins, per_cell, crowded,
+            low.view(-1), scale.view(-1), cell_offset.view(-1), cells, begins, per_cell > 1, crowded,
             padded.reshape(-1), below.reshape(-1), codes.reshape(-1), tie.reshape(-1),
         )  # fmt: skip
 
@@ -210,7 +210,7 @@ class _ScalarGrid(NamedTuple):
         index = self.begins.index_select(0, cell)  # the first value of the query's cell
         index += self.values.index_select(0, index) < q
         if self.crowded > 1:  # cells holding several values: advance through them for those only
-            many = (self.per_cell.index_select(0, cell) > 1).nonzero().view(-1)
+            many = self.shared.index_select(0, cell).nonzero().view(-1)
             sub_q, sub_index = q.index_select(0, many), index.index_select(0, many)
             for _ in range(self.crowded - 1):
                 sub_index += self.values.index_select(0, sub_index) < sub_q
@@ -391,7 +391,7 @@ def distinct_ids(flat: Tensor, num_embeddings: int | None = None) -> tuple[Tenso
         present = counts > 0
         unique = present.nonzero().view(-1)
         position = present.cumsum(0) - 1
-        return unique, position[flat], counts[unique]
+        return unique, position.index_select(0, flat), counts.index_select(0, unique)
     return torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
 
 
