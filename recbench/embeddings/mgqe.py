@@ -265,6 +265,8 @@ class MGQEmbedding(VQEmbedding):
                 f"ids out of range for MGQEmbedding with {self.num_embeddings} ids (0..{self.num_ids})"
             )
         bounds = torch.searchsorted(unique, self.tier_bounds_tensor).tolist()
+        if self.variant == "shared_k":
+            return self._shared_lookup(unique, counts, known, bounds)
         parts = [self.query.weight.new_zeros(bounds[0], self.embedding_dim)]  # the padding id
         aux = self.query.weight.new_zeros(())
         for tier in range(self.num_tiers):
@@ -281,6 +283,39 @@ class MGQEmbedding(VQEmbedding):
             parts.append(out.reshape(-1, self.embedding_dim))
             aux = aux + tier_aux
         return torch.cat(parts), aux
+
+    def _shared_lookup(
+        self, unique: Tensor, counts: Tensor, known: list[Tensor] | None, bounds: list[int]
+    ) -> tuple[Tensor, Tensor]:
+        """``shared_k``: every tier indexes the one centroid table, so after one search per tier
+        a single query lookup and a single ``quantize`` serve all tiers (its ``segments`` keep the
+        per-tier sums of the loop above, bit for bit)."""
+        centroids = self.centroids[0]
+        real = unique[bounds[0] :]
+        queries = self.query(real).view(-1, centroids.shape[0], centroids.shape[2])
+        codes, chosen, segments = [], [], [0]
+        for tier in range(self.num_tiers):
+            if bounds[tier + 1] == bounds[tier]:
+                continue
+            piece = slice(bounds[tier] - bounds[0], bounds[tier + 1] - bounds[0])
+            if known is None:
+                tier_codes, tier_chosen = nearest_centroids(queries[piece], self.tier_centroids(tier))
+                chosen.append(tier_chosen)
+            else:
+                tier_codes = known[tier][real[piece] - self.tier_starts[tier]]
+            codes.append(tier_codes)
+            segments.append(piece.stop)
+        if len(codes) != 1:
+            codes = [torch.cat(codes)] if codes else [real.new_zeros(0, centroids.shape[0])]
+            chosen = [torch.cat(chosen)] if chosen else []
+        out, aux = quantize(
+            queries, centroids, codes[0], self.beta, counts[bounds[0] :],
+            chosen[0] if chosen else None, segments=segments,
+        )  # fmt: skip
+        out = out.reshape(-1, self.embedding_dim)
+        if bounds[0]:  # the padding id
+            out = torch.cat([out.new_zeros(bounds[0], self.embedding_dim), out])
+        return out, aux
 
     def serving_bits(self) -> int:
         return mgqe_serving_bits(

@@ -300,18 +300,27 @@ def vq_aux_sum(queries: Tensor, chosen: Tensor, beta: float, weights: Tensor | N
 class _StraightThroughVQ(torch.autograd.Function):
     """``q + sg(c - q)`` and ``vq_aux_sum(q, c, beta, weights)`` in one pass, the chosen centroids
     ``c`` given as a tensor (``straight_through_vq``) or as flat indices into a centroid table
-    (``quantize``: then the backward is one ``index_add`` into the table)."""
+    (``quantize``: then the backward is one ``index_add`` into the table per segment).
+
+    ``segments`` (row bounds ``[0, ..., b]``): groups of rows whose aux sums and table gradients
+    are summed separately and then added, in the order a loop of one call per group would add
+    them, so that batching MGQE's tiers into one call changes no bit."""
 
     @staticmethod
-    def forward(ctx, queries, chosen, centroids, flat, weights, beta, keep_first):  # noqa: ANN001, ANN205
+    def forward(ctx, queries, chosen, centroids, flat, weights, beta, keep_first, segments):  # noqa: ANN001, ANN205
         diff = chosen - queries
         out = queries + diff
         if keep_first is not None and out.shape[0]:
             out[:1] *= keep_first  # the padding id (sorted first) maps to zeros
-        per_row = diff.pow(2).reshape(diff.shape[0], -1).sum(1)
-        aux = (per_row * weights).sum() * (1.0 + beta)
+        per_row = diff.pow(2).flatten(1).sum(1)
+        if segments is None:
+            aux = (per_row * weights).sum() * (1.0 + beta)
+        else:
+            aux = per_row.new_zeros(())
+            for start, end in zip(segments[:-1], segments[1:]):
+                aux = aux + (per_row[start:end] * weights[start:end]).sum() * (1.0 + beta)
         ctx.save_for_backward(diff, weights, flat, keep_first)
-        ctx.beta = beta
+        ctx.beta, ctx.segments = beta, segments
         ctx.table_shape = None if centroids is None else centroids.shape
         return out, aux
 
@@ -324,13 +333,19 @@ class _StraightThroughVQ(torch.autograd.Function):
         if keep_first is not None and grad_queries.shape[0]:
             grad_queries[:1] *= keep_first
         if ctx.table_shape is None:
-            return grad_queries, grad_chosen, None, None, None, None, None
+            return grad_queries, grad_chosen, None, None, None, None, None, None
         num, k, s = ctx.table_shape
-        if s == 1:
-            grad_table = grad_chosen.new_zeros(num * k).index_add_(0, flat, grad_chosen.reshape(-1))
-        else:
-            grad_table = grad_chosen.new_zeros(num * k, s).index_add_(0, flat, grad_chosen.reshape(-1, s))
-        return grad_queries, None, grad_table.view(num, k, s), None, None, None, None
+        rows = grad_chosen.reshape(-1) if s == 1 else grad_chosen.reshape(-1, s)
+        shape = (num * k,) if s == 1 else (num * k, s)
+        per = rows.shape[0] // max(1, diff.shape[0])  # entries of ``flat`` per row (D)
+        bounds = ctx.segments if ctx.segments and len(ctx.segments) > 1 else [0, diff.shape[0]]
+        grad_table = None
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            part = rows.new_zeros(shape).index_add_(
+                0, flat[start * per : end * per], rows[start * per : end * per]
+            )
+            grad_table = part if grad_table is None else grad_table + part
+        return grad_queries, None, grad_table.view(num, k, s), None, None, None, None, None
 
 
 def straight_through_vq(
@@ -343,7 +358,7 @@ def straight_through_vq(
     over the looked-up coordinates; here the forward computes ``c - q`` once and the backward is
     two passes. Same values and gradients up to float rounding (``tests/embeddings/test_vq.py``)."""
     return _StraightThroughVQ.apply(
-        queries, chosen, None, None, weights.to(queries.dtype), float(beta), None
+        queries, chosen, None, None, weights.to(queries.dtype), float(beta), None, None
     )
 
 
@@ -355,6 +370,7 @@ def quantize(
     weights: Tensor,
     chosen: Tensor | None = None,
     padding_first: Tensor | None = None,
+    segments: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Training lookup of distinct rows: ``queries (b, D, s)`` with their nearest ``codes (b, D)``
     -> straight-through vectors ``(b, D, s)`` and their weighted aux sum (``straight_through_vq``).
@@ -363,14 +379,16 @@ def quantize(
     backward adds the codebook gradient into the centroid table with one ``index_add``, which is
     what the backward of a separate gather would do, in the same order. ``chosen``: the centroids
     of ``codes`` when the search returned them (else gathered here); ``padding_first``: a bool
-    tensor of one element, true when row 0 is the padding id, whose output is then zeros."""
+    tensor of one element, true when row 0 is the padding id, whose output is then zeros;
+    ``segments``: row bounds of groups summed separately (``_StraightThroughVQ``)."""
     if chosen is None:
         chosen = gather_centroids(centroids.detach(), codes)
     flat = flat_codes(codes, centroids.shape[1])
     keep = None if padding_first is None else (~padding_first).to(queries.dtype)
     return _StraightThroughVQ.apply(
-        queries, chosen, centroids, flat, weights.to(queries.dtype), float(beta), keep
-    )
+        queries, chosen, centroids, flat, weights.to(queries.dtype), float(beta), keep,
+        None if segments is None else list(segments),
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- batches and caches

@@ -141,3 +141,22 @@ def test_quantize_equals_the_autograd_reference(s: int) -> None:
     assert torch.all(results[0][0][0] == 0)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("variant", ["dpq", "shared_k", "unshared_d"])
+def test_empty_and_padding_only_batches(variant: str) -> None:
+    """No ids, or only the padding id: zeros of the right shape, a zero aux loss, and a backward
+    that runs (the batched per-tier lookup has no tier to search)."""
+    from recbench.embeddings import DPQEmbedding, MGQEmbedding
+
+    if variant == "dpq":
+        layer = DPQEmbedding(101, 16, num_subspaces=4, num_centroids=8)
+    else:
+        knobs = {"num_subspaces": [4, 2]} if variant == "unshared_d" else {"num_subspaces": 4}
+        layer = MGQEmbedding(101, 16, variant=variant, num_centroids=[8, 4], **knobs)
+    layer.train()
+    for ids in (torch.zeros(0, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)):
+        out = layer(ids)
+        aux = layer.aux_loss()
+        assert out.shape == (*ids.shape, 16) and torch.all(out == 0) and float(aux) == 0.0
+        (out.sum() + aux).backward()
