@@ -118,7 +118,7 @@ class DPQEmbedding(VQEmbedding):
     def _train_lookup(
         self, unique: Tensor, counts: Tensor, known: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        queries = self.query(unique).view(-1, self.num_subspaces, self.subspace_dim)
+        queries = self._query_rows(unique).view(-1, self.num_subspaces, self.subspace_dim)
         if known is None:
             codes, chosen = nearest_centroids(queries, self.centroids)
         else:  # codes of ids 1..n; the padding id's row is zeroed anyway

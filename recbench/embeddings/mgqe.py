@@ -274,7 +274,7 @@ class MGQEmbedding(VQEmbedding):
                 continue
             piece = slice(bounds[tier], bounds[tier + 1])
             centroids = self.tier_centroids(tier)
-            queries = self.query(unique[piece]).view(-1, centroids.shape[0], centroids.shape[2])
+            queries = self._query_rows(unique[piece]).view(-1, centroids.shape[0], centroids.shape[2])
             if known is None:
                 codes, chosen = nearest_centroids(queries, centroids)
             else:
@@ -292,7 +292,7 @@ class MGQEmbedding(VQEmbedding):
         per-tier sums of the loop above, bit for bit)."""
         centroids = self.centroids[0]
         real = unique[bounds[0] :]
-        queries = self.query(real).view(-1, centroids.shape[0], centroids.shape[2])
+        queries = self._query_rows(real).view(-1, centroids.shape[0], centroids.shape[2])
         codes, chosen, segments = [], [], [0]
         for tier in range(self.num_tiers):
             if bounds[tier + 1] == bounds[tier]:

@@ -38,7 +38,6 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from recbench.embeddings.base import CompressedEmbedding
 from recbench.embeddings.packing import MAX_BITS
@@ -531,6 +530,14 @@ class VQEmbedding(CompressedEmbedding):
         (each row weighted by its count, padding by 0)."""
         raise NotImplementedError
 
+    def _query_rows(self, ids: Tensor) -> Tensor:
+        """Query rows of distinct ids: ``index_select``, whose backward is one ``index_add``
+        (about 2x faster than ``embedding``'s backward, same values), unless ``train.sparse`` made
+        the query table sparse. The padding row's gradient is zeroed by ``quantize``."""
+        if self.query.sparse:
+            return self.query(ids)
+        return self.query.weight.index_select(0, ids)
+
     # ------------------------------------------------------------ served form
     def _key(self) -> tuple[Any, ...] | None:
         return version_key(self.query.weight, *self._centroid_tensors())
@@ -560,7 +567,9 @@ class VQEmbedding(CompressedEmbedding):
         if key is not None and self._train_codes is not None and self._train_codes[0] == key:
             known = self._train_codes[1]  # the table was decoded in this step already
         out = self._train_step_lookup(unique, counts, known)
-        return F.embedding(inverse, out).reshape(*ids.shape, self.embedding_dim)
+        # Expand to the batch; ``index_select``'s backward (one ``index_add``) gives the same sums
+        # as ``embedding``'s and is faster.
+        return out.index_select(0, inverse).reshape(*ids.shape, self.embedding_dim)
 
     def _train_step_lookup(self, unique: Tensor, counts: Tensor, known: Any) -> Tensor:
         """``_train_lookup`` plus the aux loss: ``aux_weight`` x the mean over looked-up real rows
