@@ -83,9 +83,9 @@ def nearest_centroids(
         if s == 1:
             grid = _ScalarGrid.build(centroids[..., 0])
             if grid is not None:
-                position = grid.search(queries[..., 0])
-                chosen = grid.values.index_select(0, position).view(*queries.shape) if values else None
-                return grid.codes.index_select(0, position).view(queries.shape[:2]), chosen
+                codes, chosen = grid.search(queries[..., 0], values)
+                chosen = None if chosen is None else chosen.view(queries.shape)
+                return codes.view(queries.shape[:2]), chosen
             codes = _nearest_1d_searchsorted(queries[..., 0], centroids[..., 0])
         else:
             codes = _nearest_matmul(queries, centroids)
@@ -200,16 +200,23 @@ class _ScalarGrid(NamedTuple):
             padded.reshape(-1), below.reshape(-1), codes.reshape(-1), tie.reshape(-1),
         )  # fmt: skip
 
-    def search(self, queries: Tensor) -> Tensor:
-        """Flat positions ``(B * D,)`` of the nearest centroids of ``queries (B, D)``; gather
-        ``codes`` or ``values`` with them."""
+    def search(self, queries: Tensor, values: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Codes ``(B * D,)`` int32 of the nearest centroids of ``queries (B, D)`` and, with
+        ``values``, the chosen values.
+
+        Why the ``out=`` buffers: every fresh tensor of this size costs page faults (the
+        allocator returns such blocks to the system), as much as the pass that fills it; three
+        buffers are reused here instead of a dozen temporaries (float32; float64 allocates)."""
         q = queries.contiguous()
-        cell = _cells(q, self.low, self.scale, self.cells, self.cell_offset).view(-1)
+        scratch = (q - self.low).view(-1)  # float buffer: cells, then gathered values
+        cell = scratch.view(q.shape).mul_(self.scale).clamp_(0, self.cells - 1)
+        cell = cell.add_(self.cell_offset).to(torch.int32).view(-1)
         q = q.view(-1)
         index = self.begins.index_select(0, cell)  # the first value of the query's cell
-        index += self.values.index_select(0, index) < q
+        flags = torch.lt(torch.index_select(self.values, 0, index, out=scratch), q)
+        index += flags
         if self.crowded > 1:  # cells holding several values: advance through them for those only
-            many = self.shared.index_select(0, cell).nonzero().view(-1)
+            many = torch.index_select(self.shared, 0, cell, out=flags).nonzero().view(-1)
             sub_q, sub_index = q.index_select(0, many), index.index_select(0, many)
             for _ in range(self.crowded - 1):
                 sub_index += self.values.index_select(0, sub_index) < sub_q
@@ -217,13 +224,21 @@ class _ScalarGrid(NamedTuple):
         # ``index``: the first sorted value >= q; the lower neighbour is one position down. Take
         # it when its squared distance is smaller, or equal and its tie bit is set: for
         # non-negative floats, ``bits(lower) - bits(upper) < tie`` says exactly that.
-        upper = (q - self.values.index_select(0, index)).square_()
-        lower = (q - self.below.index_select(0, index)).square_()
-        ints = torch.int32 if q.dtype == torch.float32 else torch.int64
-        take_lower = lower.view(ints) - upper.view(ints)
+        exact32 = q.dtype == torch.float32
+        upper = torch.index_select(self.values, 0, index, out=scratch)
+        upper = torch.sub(q, upper, out=upper).square_()
+        lower = torch.index_select(self.below, 0, index, out=cell.view(q.dtype)) if exact32 else None
+        lower = (q - self.below.index_select(0, index)) if lower is None else lower.neg_().add_(q)
+        lower.square_()
+        ints = torch.int32 if exact32 else torch.int64
+        take_lower = lower.view(ints).sub_(upper.view(ints))
         take_lower -= self.tie.index_select(0, index)
         take_lower >>= take_lower.element_size() * 8 - 1  # -1 where negative, else 0
-        return index.add_(take_lower)
+        index += take_lower
+        codes = torch.index_select(self.codes, 0, index, out=take_lower) if exact32 else None
+        codes = self.codes.index_select(0, index) if codes is None else codes
+        chosen = torch.index_select(self.values, 0, index, out=upper) if values else None
+        return codes, chosen
 
 
 def _order_key(values: Tensor) -> Tensor | None:
