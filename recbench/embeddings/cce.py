@@ -43,9 +43,9 @@ import torch
 from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
-from recbench.embeddings.dpq import code_bits
 from recbench.embeddings.hashing import bucket_mapping, check_hash_knobs, murmur3_x86_32
 from recbench.embeddings.pep import pack_wide, unpack_wide
+from recbench.embeddings.vq import code_bits
 from recbench.errors import ConfigError
 
 log = logging.getLogger(__name__)

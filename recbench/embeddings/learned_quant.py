@@ -39,8 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
-from recbench.embeddings.dpq import version_key
 from recbench.embeddings.packing import pack_bits, unpack_bits
+from recbench.embeddings.vq import version_key
 from recbench.errors import ConfigError
 
 GRANULARITIES = ("row", "column")

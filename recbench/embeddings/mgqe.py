@@ -15,9 +15,12 @@ rest) or explicit ``tier_sizes``. Head ids get more code capacity than tail ids.
 
 Lookups are batched per tier (paper section 4.3, Algorithm 1): a batch is reduced to its sorted
 distinct ids, which split into one slice per tier, and each tier does one nearest-centroid search
-and one gather for all its ids; never a per-item loop. Training, the straight-through estimator, the auxiliary VQ loss (averaged over every
-looked-up coordinate of every tier), the eval-mode served table (cached until a parameter changes)
-and the initialisation follow ``recbench.embeddings.dpq``; see its docstring for why.
+and one gather for all its ids; never a per-item loop. Training, the straight-through estimator, the
+auxiliary VQ loss (averaged over every looked-up coordinate of every tier), the eval-mode served
+table (cached until a parameter changes) and the initialisation are DPQ's
+(``recbench.embeddings.dpq``; see its docstring for why), shared through
+``recbench.embeddings.vq``; this file holds what is MGQE's own: tiers, variants, serving form and
+budget solver.
 """
 
 from __future__ import annotations
@@ -29,23 +32,20 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from recbench.embeddings.base import CompressedEmbedding
-from recbench.embeddings.dpq import (
+from recbench.embeddings.packing import pack_bits, unpack_bits
+from recbench.embeddings.vq import (
+    VQEmbedding,
     as_list,
     check_common_knobs,
     check_num_centroids,
     check_num_subspaces,
     code_bits,
-    distinct_ids,
     divisors_descending,
     gather_centroids,
-    nearest_codes,
-    straight_through_vq,
-    version_key,
+    nearest_centroids,
+    quantize,
 )
-from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.errors import ConfigError
 
 VARIANTS = ("shared_k", "unshared_k", "unshared_d")
@@ -104,7 +104,7 @@ def mgqe_serving_bits(
     return codes + sum(32 * k * embedding_dim for k in ks)
 
 
-class MGQEmbedding(CompressedEmbedding):
+class MGQEmbedding(VQEmbedding):
     """MGQE: DPQ whose code capacity (``K_i`` or ``D_i``) depends on the id's frequency tier."""
 
     frequency_aware = True
@@ -124,7 +124,6 @@ class MGQEmbedding(CompressedEmbedding):
         aux_weight: float = 1.0,
         init_std: float = 0.01,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
         self.check_knobs(
             embedding_dim,
             variant=variant,
@@ -136,6 +135,10 @@ class MGQEmbedding(CompressedEmbedding):
             aux_weight=aux_weight,
             init_std=init_std,
         )
+        super().__init__(
+            num_embeddings, embedding_dim, counts=counts, beta=beta, aux_weight=aux_weight,
+            init_std=init_std,
+        )  # fmt: skip
         self.variant = str(variant)
         self.tier_fractions = (
             None if tier_fractions is None else [float(f) for f in tier_fractions]
@@ -145,9 +148,6 @@ class MGQEmbedding(CompressedEmbedding):
         ks, ds = tier_lists(self.num_tiers, num_centroids, num_subspaces)
         self.num_centroids = [int(k) for k in ks]
         self.num_subspaces = [int(dd) for dd in ds]
-        self.beta = float(beta)
-        self.aux_weight = float(aux_weight)
-        self.init_std = float(init_std)
         # Tier i holds ids [starts[i], ends[i]) (id 0 is padding, so tier 0 starts at 1).
         bounds = [1]
         for size in self.tier_sizes:
@@ -162,24 +162,13 @@ class MGQEmbedding(CompressedEmbedding):
                 "(contiguous id ranges) do not follow frequency; ids should be sorted by popularity",
                 stacklevel=2,
             )
-
-        self.query = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=0)
-        nn.init.normal_(self.query.weight, std=self.init_std)
-        with torch.no_grad():
-            self.query.weight[0].zero_()
         d = self.embedding_dim
         if self.variant == "shared_k":
             dd = self.num_subspaces[0]
             shapes = [(dd, max(self.num_centroids), d // dd)]
         else:
             shapes = [(dd, k, d // dd) for k, dd in zip(self.num_centroids, self.num_subspaces)]
-        self.centroids = nn.ParameterList(
-            [nn.Parameter(torch.randn(*shape) * self.init_std) for shape in shapes]
-        )
-        self._cache_key: tuple[Any, ...] | None = None
-        self._cache: tuple[list[Tensor], Tensor] | None = None
-        #: Training: (version key, per tier the codes of its ids) from the last whole-table decode.
-        self._train_codes: tuple[Any, list[Tensor]] | None = None
+        self.centroids = nn.ParameterList([self._centroids_init(*shape) for shape in shapes])
 
     # ------------------------------------------------------------------ knobs
     @classmethod
@@ -248,59 +237,36 @@ class MGQEmbedding(CompressedEmbedding):
             return self.centroids[0][:, : self.num_centroids[tier]]
         return self.centroids[tier]
 
-    def _tier_lookup(self, tier: int, queries: Tensor) -> tuple[Tensor, Tensor]:
-        """Codes ``(b, D_i)`` and chosen centroids ``(b, D_i, s_i)`` for queries ``(b, d)`` of one
-        tier: one nearest-centroid search and one gather for the whole group."""
-        centroids = self.tier_centroids(tier)
-        grouped = queries.view(-1, centroids.shape[0], centroids.shape[2])
-        codes = nearest_codes(grouped, centroids)
-        return codes, gather_centroids(centroids, codes)
+    # ------------------------------------------------------------ VQ layout
+    def _centroid_tensors(self) -> list[Tensor]:
+        return list(self.centroids)
 
-    def codes(self) -> list[Tensor]:
-        """Per tier, the ``(|V_i|, D_i)`` codes of its ids from the current query table (cached)."""
-        return self._served()[0]
+    def _search_all(self, values: bool) -> tuple[list[Tensor], Tensor | None]:
+        """Per tier the ``(|V_i|, D_i)`` codes of its ids and, with ``values``, the ``(n, d)`` rows
+        of every real id. Tiers are contiguous id ranges, so no masks are needed."""
+        codes, rows = [], []
+        for tier, (start, end) in enumerate(zip(self.tier_starts, self.tier_ends)):
+            centroids = self.tier_centroids(tier)
+            queries = self.query.weight[start:end].detach()
+            grouped = queries.view(-1, centroids.shape[0], centroids.shape[2])
+            tier_codes, chosen = nearest_centroids(grouped, centroids, values=values)
+            codes.append(tier_codes.to(torch.int64))
+            if values:
+                rows.append(chosen.reshape(-1, self.embedding_dim))
+        return codes, (torch.cat(rows) if values else None)
 
-    def _served(self) -> tuple[list[Tensor], Tensor]:
-        """Per-tier codes and the served ``(n + 1, d)`` table (row 0 zeros), cached until the query
-        table or a centroid table changes. Tiers are contiguous id ranges, so no masks are needed."""
-        key = version_key(self.query.weight, *self.centroids)
-        if key is not None and key == self._cache_key and self._cache is not None:
-            return self._cache
-        codes: list[Tensor] = []
-        rows = [self.query.weight.new_zeros(1, self.embedding_dim)]
-        with torch.no_grad():
-            for tier, (start, end) in enumerate(zip(self.tier_starts, self.tier_ends)):
-                tier_codes, chosen = self._tier_lookup(tier, self.query.weight[start:end].detach())
-                codes.append(tier_codes)
-                rows.append(chosen.detach().reshape(-1, self.embedding_dim))
-            table = torch.cat(rows)
-        self._cache_key, self._cache = key, (codes, table)
-        return codes, table
-
-    # ---------------------------------------------------------------- contract
-    def forward(self, ids: Tensor) -> Tensor:
-        if not self.training:
-            return self._served()[1][ids]
-        flat = ids.reshape(-1)
-        # sorted, so each tier is one slice
-        unique, inverse, counts = distinct_ids(flat, self.num_embeddings)
+    def _train_lookup(
+        self, unique: Tensor, counts: Tensor, known: list[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per tier (a slice of the sorted distinct ids): one search, or the ``known`` codes of
+        all its ids, and one ``quantize``."""
         if unique.numel() and (int(unique[0]) < 0 or int(unique[-1]) > self.num_ids):
             raise IndexError(
                 f"ids out of range for MGQEmbedding with {self.num_embeddings} ids (0..{self.num_ids})"
             )
-        key = version_key(self.query.weight, *self.centroids)
-        known = None
-        if key is not None and self._train_codes is not None and self._train_codes[0] == key:
-            known = self._train_codes[1]  # the table was decoded in this step already
-        out = self._train_lookup(unique, counts, known)
-        return F.embedding(inverse, out).reshape(*ids.shape, self.embedding_dim)
-
-    def _train_lookup(
-        self, unique: Tensor, counts: Tensor, known: list[Tensor] | None = None
-    ) -> Tensor:
-        """Straight-through vectors ``(len(unique), d)`` of sorted distinct ids looked up ``counts``
-        times, adding their aux loss; ``known``: per tier the codes of all its ids (else searched)."""
         bounds = torch.searchsorted(unique, self.tier_bounds_tensor).tolist()
+        if self.variant == "shared_k":
+            return self._shared_lookup(unique, counts, known, bounds)
         parts = [self.query.weight.new_zeros(bounds[0], self.embedding_dim)]  # the padding id
         aux = self.query.weight.new_zeros(())
         for tier in range(self.num_tiers):
@@ -308,37 +274,48 @@ class MGQEmbedding(CompressedEmbedding):
                 continue
             piece = slice(bounds[tier], bounds[tier + 1])
             centroids = self.tier_centroids(tier)
-            queries = self.query(unique[piece]).view(-1, centroids.shape[0], centroids.shape[2])
+            queries = self._query_rows(unique[piece]).view(-1, centroids.shape[0], centroids.shape[2])
             if known is None:
-                codes = nearest_codes(queries, centroids)
+                codes, chosen = nearest_centroids(queries, centroids)
             else:
-                codes = known[tier][unique[piece] - self.tier_starts[tier]]
-            chosen = gather_centroids(centroids, codes)
-            out, tier_aux = straight_through_vq(queries, chosen, self.beta, counts[piece])
+                codes, chosen = known[tier][unique[piece] - self.tier_starts[tier]], None
+            out, tier_aux = quantize(queries, centroids, codes, self.beta, counts[piece], chosen)
             parts.append(out.reshape(-1, self.embedding_dim))
             aux = aux + tier_aux
-        rows = counts[bounds[0] :].sum().clamp(min=1)
-        self._add_aux(self.aux_weight * aux / (rows * self.embedding_dim))
-        return torch.cat(parts)
+        return torch.cat(parts), aux
 
-    def full_table(self) -> Tensor:
-        """Eval: the served table. Training: a straight-through lookup of every id (with its aux).
-
-        In training the codes of every id are kept until a parameter changes, so lookups later in
-        the same step (a softmax loss needs the whole table and the batch's ids) reuse them instead
-        of searching again."""
-        if not self.training:
-            return self._served()[1]
-        key = version_key(self.query.weight, *self.centroids)
-        if key is None or self._train_codes is None or self._train_codes[0] != key:
-            with torch.no_grad():
-                codes = [
-                    self._tier_lookup(tier, self.query.weight[start:end].detach())[0]
-                    for tier, (start, end) in enumerate(zip(self.tier_starts, self.tier_ends))
-                ]
-            self._train_codes = (key, codes)
-        ids = torch.arange(self.num_embeddings, device=self.query.weight.device)
-        return self._train_lookup(ids, torch.ones_like(ids), self._train_codes[1])
+    def _shared_lookup(
+        self, unique: Tensor, counts: Tensor, known: list[Tensor] | None, bounds: list[int]
+    ) -> tuple[Tensor, Tensor]:
+        """``shared_k``: every tier indexes the one centroid table, so after one search per tier
+        a single query lookup and a single ``quantize`` serve all tiers (its ``segments`` keep the
+        per-tier sums of the loop above, bit for bit)."""
+        centroids = self.centroids[0]
+        real = unique[bounds[0] :]
+        queries = self._query_rows(real).view(-1, centroids.shape[0], centroids.shape[2])
+        codes, chosen, segments = [], [], [0]
+        for tier in range(self.num_tiers):
+            if bounds[tier + 1] == bounds[tier]:
+                continue
+            piece = slice(bounds[tier] - bounds[0], bounds[tier + 1] - bounds[0])
+            if known is None:
+                tier_codes, tier_chosen = nearest_centroids(queries[piece], self.tier_centroids(tier))
+                chosen.append(tier_chosen)
+            else:
+                tier_codes = known[tier][real[piece] - self.tier_starts[tier]]
+            codes.append(tier_codes)
+            segments.append(piece.stop)
+        if len(codes) != 1:
+            codes = [torch.cat(codes)] if codes else [real.new_zeros(0, centroids.shape[0])]
+            chosen = [torch.cat(chosen)] if chosen else []
+        out, aux = quantize(
+            queries, centroids, codes[0], self.beta, counts[bounds[0] :],
+            chosen[0] if chosen else None, segments=segments,
+        )  # fmt: skip
+        out = out.reshape(-1, self.embedding_dim)
+        if bounds[0]:  # the padding id
+            out = torch.cat([out.new_zeros(bounds[0], self.embedding_dim), out])
+        return out, aux
 
     def serving_bits(self) -> int:
         return mgqe_serving_bits(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recbench.embeddings import DPQEmbedding
-from recbench.embeddings.dpq import code_bits, nearest_codes
+from recbench.embeddings.vq import code_bits
 from recbench.errors import ConfigError
 
 GMF_USERS, GMF_ITEMS, GMF_OTHER_BITS = 6040, 3416, 32 * 65  # GMF's Linear(64, 1): 64 weights + bias
@@ -175,81 +175,6 @@ def test_check_knobs(knobs: dict, message: str) -> None:
         DPQEmbedding(10, 64, **knobs)
 
 
-@pytest.mark.parametrize(("num_subspaces", "num_centroids", "dim"), [(64, 256, 1), (8, 64, 1), (4, 32, 3)])
-def test_nearest_codes_equals_brute_force_argmin(num_subspaces: int, num_centroids: int, dim: int) -> None:
-    queries = torch.randn(500, num_subspaces, dim)
-    centroids = torch.randn(num_subspaces, num_centroids, dim)
-    brute = ((queries.unsqueeze(2) - centroids.unsqueeze(0)) ** 2).sum(-1).argmin(-1)
-    assert torch.equal(nearest_codes(queries, centroids), brute)
-
-
-def test_nearest_codes_ties_go_to_the_lowest_index() -> None:
-    centroids = torch.tensor([[0.0, 1.0, 1.0, -1.0, 2.0]]).unsqueeze(-1)  # a duplicated value
-    queries = torch.tensor([-5.0, -1.0, 0.5, 1.0, 1.5, 0.0, 9.0]).view(-1, 1, 1)
-    brute = ((queries.unsqueeze(2) - centroids.unsqueeze(0)) ** 2).sum(-1).argmin(-1)
-    assert nearest_codes(queries, centroids).view(-1).tolist() == brute.view(-1).tolist() == [3, 3, 0, 1, 1, 0, 4]
-
-
-@pytest.mark.parametrize("spread", ["gaussian", "duplicates", "crowded", "wide"])
-def test_scalar_search_equals_brute_force_including_ties(spread: str) -> None:
-    """The bucket-grid search for scalar subspaces against ``argmin`` of the squared distances:
-    queries on centroid values and on midpoints (exact ties go to the lowest index), duplicated
-    centroids, a crowded grid (the binary-search fallback) and values far from the spread."""
-    from recbench.embeddings import dpq
-
-    gen = torch.Generator().manual_seed(7)
-    centroids = torch.randn(16, 64, generator=gen) * 0.01
-    if spread == "duplicates":
-        centroids = (centroids * 300).round() / 300  # many equal values per subspace
-    elif spread == "crowded":
-        centroids[:, :40] = centroids[:, :1]  # 40 equal values in one cell
-    elif spread == "wide":
-        centroids = centroids + 100.0
-    queries = torch.randn(400, 16, generator=gen) * 0.012 + centroids.mean(1)
-    ordered = centroids.sort(dim=1).values
-    queries[:63] = ((ordered[:, :-1] + ordered[:, 1:]) / 2).T  # midpoints: ties
-    queries[63:127] = ordered.T  # exactly on the centroids
-    queries[127] = ordered[:, 0] - 1.0  # beyond both ends
-    queries[128] = ordered[:, -1] + 1.0
-    brute = (queries.unsqueeze(2) - centroids.unsqueeze(0)).pow(2).argmin(-1)
-    got = dpq.nearest_codes(queries.unsqueeze(-1), centroids.unsqueeze(-1))
-    assert torch.equal(got, brute)
-    values, order = centroids.sort(dim=1, stable=True)
-    assert torch.equal(dpq._nearest_1d_searchsorted(queries, values, order), brute)
-
-
-def test_straight_through_vq_equals_the_autograd_reference() -> None:
-    """The fused straight-through + aux function gives the values and gradients of
-    ``q + sg(c - q)`` and ``vq_aux_sum`` written with autograd."""
-    from recbench.embeddings.dpq import straight_through_vq, vq_aux_sum
-
-    gen = torch.Generator().manual_seed(3)
-    q0, c0 = torch.randn(9, 4, 2, generator=gen), torch.randn(9, 4, 2, generator=gen)
-    weights = torch.tensor([1, 0, 3, 2, 1, 1, 5, 0, 2])
-    up, w_aux = torch.randn(9, 4, 2, generator=gen), 0.7
-    grads = []
-    for fused in (True, False):
-        q, c = q0.clone().requires_grad_(), c0.clone().requires_grad_()
-        if fused:
-            out, aux = straight_through_vq(q, c, 0.25, weights)
-        else:
-            out, aux = q + (c - q).detach(), vq_aux_sum(q, c, 0.25, weights)
-        ((out * up).sum() + w_aux * aux).backward()
-        grads.append((out.detach(), aux.detach(), q.grad, c.grad))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
-
-
-def test_distinct_ids_bincount_path_equals_unique() -> None:
-    from recbench.embeddings.dpq import distinct_ids
-
-    flat = torch.tensor([5, 0, 9, 5, 5, 2, 9, 30])
-    expected = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
-    for got in (distinct_ids(flat, 31), distinct_ids(flat, None)):
-        for a, b in zip(got, expected):
-            assert torch.equal(a, b)
-
-
 def test_training_full_table_decodes_once_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """A softmax loss needs the whole table and the batch's ids in one step: the codes of the
     whole-table decode are reused by the lookup (no second search) until a parameter changes,
@@ -261,14 +186,19 @@ def test_training_full_table_decodes_once_per_step(monkeypatch: pytest.MonkeyPat
     fresh = layer(ids).detach()
     layer.aux_loss()
     calls = []
-    original = dpq.nearest_codes
-    monkeypatch.setattr(dpq, "nearest_codes", lambda q, c: calls.append(len(q)) or original(q, c))
+    original = dpq.nearest_centroids
+
+    def counting(q: torch.Tensor, c: torch.Tensor, **kw: bool) -> tuple:
+        calls.append(len(q))
+        return original(q, c, **kw)
+
+    monkeypatch.setattr(dpq, "nearest_centroids", counting)
     table = layer.full_table()
     reused = layer(ids)
-    assert calls == [201]  # one search over every id, none for the lookup
+    assert calls == [200]  # one search over every real id, none for the lookup
     torch.testing.assert_close(reused, fresh)
     torch.testing.assert_close(table[ids], reused)
     with torch.no_grad():
         layer.query.weight.add_(1.0)  # a parameter update invalidates the codes
     layer(ids)
-    assert calls == [201, 5]  # the distinct ids 0, 3, 5, 17, 200
+    assert calls == [200, 5]  # the distinct ids 0, 3, 5, 17, 200

@@ -84,13 +84,13 @@ def test_shared_k_codes_stay_below_tier_k() -> None:
 def test_lookup_is_batched_per_tier(monkeypatch: pytest.MonkeyPatch) -> None:
     layer = make("shared_k").train()
     calls: list[int] = []
-    original = mgqe_module.nearest_codes
+    original = mgqe_module.nearest_centroids
 
-    def counting(queries: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    def counting(queries: torch.Tensor, centroids: torch.Tensor, **kw: bool) -> tuple:
         calls.append(queries.shape[0])
-        return original(queries, centroids)
+        return original(queries, centroids, **kw)
 
-    monkeypatch.setattr(mgqe_module, "nearest_codes", counting)
+    monkeypatch.setattr(mgqe_module, "nearest_centroids", counting)
     ids = torch.randint(0, 101, (64, 7))
     ids[0, :2] = torch.tensor([1, 100])  # both tiers present
     layer(ids)
