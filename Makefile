@@ -35,8 +35,9 @@ test: $(STAMP) ## run the test suite (slow tests excluded)
 test-slow: $(STAMP) ## run only the slow tests (real data in RECBENCH_DATA, long trainings)
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-lint: $(STAMP) ## check style with ruff
+lint: $(STAMP) ## check style with ruff (lint rules and formatting)
 	$(VENV)/bin/ruff check recbench tests scripts
+	$(VENV)/bin/ruff format --check recbench tests scripts
 
 format: $(STAMP) ## format with ruff
 	$(VENV)/bin/ruff format recbench tests scripts

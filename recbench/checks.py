@@ -30,8 +30,17 @@ GROUPS = ("dataset", "model", "method", "user_method", "train", "eval", "trackin
 #: Groups whose options are another group's files (``user_method`` reuses ``conf/method/``).
 _OPTION_DIRS = {"user_method": "method"}
 _FLAGS_WITH_VALUE = {
-    "--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-    "--config-dir", "-cd", "--experimental-rerun",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
 }
 
 
@@ -146,7 +155,11 @@ def explain(exc: BaseException, keys_of: Callable[[str], list[str] | None] | Non
         r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", where_text
     )
     if value:
-        where = next((g for g in could_not_override.groups() if g), "a key") if could_not_override else "a key"
+        where = (
+            next((g for g in could_not_override.groups() if g), "a key")
+            if could_not_override
+            else "a key"
+        )
         kind = value.group(2).lower()
         article = "an" if kind[:1] in "aeiou" else "a"
         return f"{where}={value.group(1)} is not a valid {kind}; give {article} {kind} value"
@@ -192,9 +205,12 @@ def preflight(argv: list[str], destinations: bool = False) -> str | None:
     return None
 
 
-def _node_keys(compose: Callable[..., DictConfig], variant: list[str], parent: str) -> list[str] | None:
+def _node_keys(
+    compose: Callable[..., DictConfig], variant: list[str], parent: str
+) -> list[str] | None:
     """The keys of the node ``parent`` in the configuration composed without the overrides that
     touch it (those hold the typo); None when that cannot be composed."""
+
     def key(override: str) -> str:
         return override.lstrip("+~").split("=", 1)[0]
 
@@ -337,7 +353,11 @@ def check_record_keys(cfg: DictConfig) -> None:
 
 def check_data_fit(cfg: DictConfig, data: Any) -> None:
     """Checks that need the loaded data's size (right after loading, before any model is built)."""
-    if data.task != "rating" and cfg.eval.get("protocol", "full") == "full" and cfg.eval.k >= data.num_items:
+    if (
+        data.task != "rating"
+        and cfg.eval.get("protocol", "full") == "full"
+        and cfg.eval.k >= data.num_items
+    ):
         raise ConfigError(
             f"eval.k={cfg.eval.k} is not below the {data.num_items} items of {data.name}, so every "
             f"user's hit rate would be 1; use a smaller eval.k (e.g. 10)"
@@ -379,4 +399,6 @@ def check_destinations(cfg: DictConfig, argv: list[str]) -> None:
         check_sqlite_file(path, "tracking.uri")
         problem = writable_dir_problem(Path(cfg.tracking.artifact_root), "tracking.artifact_root")
         if problem:
-            raise StoreError(f"{problem}; point tracking.artifact_root at a writable folder or pass tracking=none")
+            raise StoreError(
+                f"{problem}; point tracking.artifact_root at a writable folder or pass tracking=none"
+            )

@@ -51,7 +51,9 @@ def code_hash(root: Path) -> str:
     digest = hashlib.sha256()
     files = sorted((root / "recbench").rglob("*.py")) + sorted((root / "conf").rglob("*.yaml"))
     for path in files:
-        if "__pycache__" in path.parts or path.relative_to(root).as_posix().startswith(GENERATED + "/"):
+        if "__pycache__" in path.parts or path.relative_to(root).as_posix().startswith(
+            GENERATED + "/"
+        ):
             continue
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         try:
@@ -75,7 +77,12 @@ def describe(root: Path) -> dict[str, str]:
     commit = _git(root, "rev-parse", "HEAD") if top and Path(top).resolve() == root else None
     if commit:
         status = _git(
-            root, "status", "--porcelain", "--untracked-files=normal", "--", *CODE_PATHS,
+            root,
+            "status",
+            "--porcelain",
+            "--untracked-files=normal",
+            "--",
+            *CODE_PATHS,
             f":(exclude){GENERATED}",
         )
         dirty = status is None or bool(status)

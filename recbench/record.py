@@ -22,7 +22,14 @@ import re
 from dataclasses import dataclass
 
 #: Keys of a method config node that are not knobs of the layer: Hydra's and the size budget.
-NON_KNOB_KEYS: tuple[str, ...] = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_", "budget")
+NON_KNOB_KEYS: tuple[str, ...] = (
+    "_target_",
+    "_partial_",
+    "_recursive_",
+    "_convert_",
+    "_args_",
+    "budget",
+)
 
 # ----------------------------------------------------------------------------- run-folder files
 #: The run's record: status, identity tags, metrics, history (``recbench.run``).

@@ -124,7 +124,11 @@ def system_tags(identity: dict[str, str]) -> dict[str, str]:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = ""
-    tags = {"mlflow.source.name": "recbench.run", "mlflow.source.type": "LOCAL", "mlflow.user": user}
+    tags = {
+        "mlflow.source.name": "recbench.run",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": user,
+    }
     if identity.get("git_commit"):
         tags["mlflow.source.git.commit"] = identity["git_commit"]
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -151,7 +155,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_run_config(cfg)
     device = resolve_device(cfg.train.device)
     if not os.access(run_dir, os.W_OK):
-        raise StoreError(f"the run folder {run_dir} is read-only; run from a writable folder or set hydra.run.dir")
+        raise StoreError(
+            f"the run folder {run_dir} is read-only; run from a writable folder or set hydra.run.dir"
+        )
     identity = run_identity(cfg)
     quiet_libraries()
     tracker = make_tracker(
@@ -195,12 +201,18 @@ def _skip(twin: Twin, identity: dict[str, str], run_dir: Path) -> dict[str, Any]
     if twin.status == "FINISHED":
         log.info(
             "skipping: run %s (%s) already FINISHED with this configuration and code "
-            "(config_hash %s); pass force=true to run it again", twin.run_id, twin.run_dir,
+            "(config_hash %s); pass force=true to run it again",
+            twin.run_id,
+            twin.run_dir,
             identity["config_hash"],
         )
         note = f"recbench: skipped, identical run {twin.run_id} already FINISHED (force=true reruns it)"
     else:
-        log.info("skipping: run %s (%s) is training this configuration right now", twin.run_id, twin.run_dir)
+        log.info(
+            "skipping: run %s (%s) is training this configuration right now",
+            twin.run_id,
+            twin.run_dir,
+        )
         note = f"recbench: skipped, identical run {twin.run_id} is RUNNING in another process ({twin.run_dir})"
     skipped = {"status": "SKIPPED", "same_as": twin.as_dict(), **identity}
     _write_json(run_dir / record.METRICS_FILE, skipped)
@@ -263,7 +275,9 @@ def _train_and_evaluate(
     model = build_model(cfg, data).to(device)
     reference_dim = int(cfg.eval.get("reference_dim", 64))
     size = model_size(
-        model, reference_bits(build(cfg.model), DataInfo.from_prepared(data), reference_dim), reference_dim
+        model,
+        reference_bits(build(cfg.model), DataInfo.from_prepared(data), reference_dim),
+        reference_dim,
     )
     parts = build_task(data, cfg, device)
     layer_knobs = {
@@ -275,8 +289,11 @@ def _train_and_evaluate(
     )
     log.info(
         "model %s with %s embeddings: %d serving bits (%.1f%% of the full model at d = %d)",
-        type(model).__name__, cfg.method._target_.rsplit(".", 1)[-1], size.serving_bits,
-        100 * size.fraction_of_full, reference_dim,
+        type(model).__name__,
+        cfg.method._target_.rsplit(".", 1)[-1],
+        size.serving_bits,
+        100 * size.fraction_of_full,
+        reference_dim,
     )
 
     def validate() -> dict[str, float]:
@@ -362,10 +379,13 @@ def _log_dataset(cfg: DictConfig, data: PreparedData, tracker: Tracker) -> None:
     payload = json.dumps({"summary": summary, "dataset": dataset_cfg}, sort_keys=True, default=str)
     target = str(cfg.dataset.get("loader", {}).get("_target_", ""))
     source = (
-        f"{target}({cfg.dataset.name})" if target.endswith("synthetic.generate")
+        f"{target}({cfg.dataset.name})"
+        if target.endswith("synthetic.generate")
         else str(Path(cfg.dataset.root, cfg.dataset.name).absolute())
     )
-    tracker.log_dataset(str(cfg.dataset.name), hashlib.sha256(payload.encode()).hexdigest(), source, summary)
+    tracker.log_dataset(
+        str(cfg.dataset.name), hashlib.sha256(payload.encode()).hexdigest(), source, summary
+    )
 
 
 def _on_epoch(tracker: Tracker, progress: Progress, epoch: int, row: dict[str, Any]) -> None:
@@ -436,7 +456,9 @@ def _print_summary(
         )
         return
     width = max([10, *(len(record.metric_label(k)) + 2 for k in keys)])
-    model_row = "model" if head and record.parse_metric(head).prefix == record.TEST else "model (val)"
+    model_row = (
+        "model" if head and record.parse_metric(head).prefix == record.TEST else "model (val)"
+    )
     lines = [
         f"recbench: {name} / seed {cfg.seed}: {data.num_users:,} users, {data.num_items:,} items, "
         f"task {data.task}",
@@ -444,7 +466,9 @@ def _print_summary(
         "  " + f"{model_row:<12}" + "".join(f"{metrics[k]:>{width}.4f}" for k in keys),
     ]
     if has_baseline:
-        lines.append("  " + f"{'popularity':<12}" + "".join(f"{baseline[k]:>{width}.4f}" for k in keys))
+        lines.append(
+            "  " + f"{'popularity':<12}" + "".join(f"{baseline[k]:>{width}.4f}" for k in keys)
+        )
         model_value, pop_value = metrics[head], baseline[head]
         ratio = f"{model_value / pop_value:.1f}x" if pop_value > 0 else "n/a"
         verdict = "beats" if model_value > pop_value else "does NOT beat"
@@ -455,7 +479,8 @@ def _print_summary(
         )
     stop = (
         f", stopped early after {epochs_run} (patience {cfg.train.patience})"
-        if epochs_run < cfg.train.epochs else f" of {epochs_run}"
+        if epochs_run < cfg.train.epochs
+        else f" of {epochs_run}"
     )
     lines += [
         f"  size        {bits:,} serving bits ({bits / 8 / 2**20:.3f} MiB), "
@@ -463,7 +488,11 @@ def _print_summary(
         f"  time        {metrics['time/total_seconds']:.1f}s in all: train "
         f"{metrics['time/train_seconds']:.1f}s ({metrics['time/train_samples_per_second']:,.0f} "
         f"samples/s), best epoch {best}{stop}"
-        + (f"; test eval {metrics['time/test_eval_seconds']:.2f}s" if "time/test_eval_seconds" in metrics else ""),
+        + (
+            f"; test eval {metrics['time/test_eval_seconds']:.2f}s"
+            if "time/test_eval_seconds" in metrics
+            else ""
+        ),
     ]
     if run_dir is not None:
         saved = f"{record.METRICS_FILE}, {record.CONFIG_FILE}, serving/"
@@ -510,7 +539,10 @@ def main(cfg: DictConfig) -> dict[str, Any] | float | None:
         if not multirun:
             raise
         (run_dir / record.TRACEBACK_FILE).write_text(traceback.format_exc())
-        print(f"recbench: run failed: {type(exc).__name__}: {exc} (traceback in {run_dir})", file=sys.stderr)
+        print(
+            f"recbench: run failed: {type(exc).__name__}: {exc} (traceback in {run_dir})",
+            file=sys.stderr,
+        )
         return {"status": "FAILED", "error": f"{type(exc).__name__}: {exc}"}
 
 

@@ -167,7 +167,9 @@ def export(
     if contexts is not None:
         contexts = contexts.to(_device(model))
         scores = model.score_all(contexts).float().cpu().contiguous()
-        save_file({"contexts": contexts.cpu().contiguous(), "scores": scores}, str(directory / REFERENCE))
+        save_file(
+            {"contexts": contexts.cpu().contiguous(), "scores": scores}, str(directory / REFERENCE)
+        )
     if raw_ids is not None:
         np.savez(directory / IDS, user_raw=np.asarray(raw_ids[0]), item_raw=np.asarray(raw_ids[1]))
     manifest["files"] = {
@@ -208,7 +210,11 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     body[_DIGEST_KEY] = "0" * 64
     text = json.dumps(body, indent=2, default=str).encode()
     digest = hashlib.sha256(text).hexdigest()
-    path.write_bytes(text.replace(f'"{_DIGEST_KEY}": "{"0" * 64}"'.encode(), f'"{_DIGEST_KEY}": "{digest}"'.encode()))
+    path.write_bytes(
+        text.replace(
+            f'"{_DIGEST_KEY}": "{"0" * 64}"'.encode(), f'"{_DIGEST_KEY}": "{digest}"'.encode()
+        )
+    )
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -221,7 +227,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable JSON manifest ({type(exc).__name__}); re-export the run") from None
+        raise DataError(
+            f"{path} is not a readable JSON manifest ({type(exc).__name__}); re-export the run"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         got = manifest.get("format") if isinstance(manifest, dict) else None
         raise DataError(f"{path} has format {got!r}, expected {FORMAT!r}")
@@ -235,14 +243,20 @@ def check_files(directory: str | Path) -> dict[str, Any]:
     manifest = read_manifest(directory)
     path = directory / MANIFEST
     zeroed = _zeroed(path.read_bytes())
-    if manifest.get("format") != FORMAT or zeroed is None or not isinstance(manifest.get("files"), dict):
+    if (
+        manifest.get("format") != FORMAT
+        or zeroed is None
+        or not isinstance(manifest.get("files"), dict)
+    ):
         raise DataError(
             f"{path} records no checksums (written by an older recbench); re-export with "
             f"`python -m recbench.serving export {directory.parent}`"
         )
     text, recorded = zeroed
     if hashlib.sha256(text).hexdigest() != recorded:
-        raise DataError(f"{path} was modified after export (its sha256 does not match); re-export the run")
+        raise DataError(
+            f"{path} was modified after export (its sha256 does not match); re-export the run"
+        )
     for name, expected in manifest["files"].items():
         target = directory / str(name)
         if Path(str(name)).name != name or not target.is_file():
@@ -275,7 +289,9 @@ def allowed_class(target: Any, package: str, base: type, what: str) -> type:
     except ImportError:
         raise refused from None
     obj = getattr(module, name, None)
-    if not (isinstance(obj, type) and issubclass(obj, base) and obj.__module__.startswith(package + ".")):
+    if not (
+        isinstance(obj, type) and issubclass(obj, base) and obj.__module__.startswith(package + ".")
+    ):
         raise refused
     return obj
 
@@ -309,7 +325,9 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} ({' '.join(str(exc).split())[:120]}); re-export the run") from None
+        raise DataError(
+            f"cannot read {path} ({' '.join(str(exc).split())[:120]}); re-export the run"
+        ) from None
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Recommender:
@@ -329,7 +347,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Rec
     plain = functools.partial(FullEmbedding)
     factory = model_factory(manifest["model"])
     classes = {
-        name: allowed_class(spec.get("class"), "recbench.embeddings", CompressedEmbedding, f"layer class of {name}")
+        name: allowed_class(
+            spec.get("class"), "recbench.embeddings", CompressedEmbedding, f"layer class of {name}"
+        )
         for name, spec in manifest["layers"].items()
     }
     model: Recommender = factory(info, item_embedding=plain, user_embedding=plain)
@@ -344,7 +364,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Rec
             cls = classes[name]
             missing = [key for key in spec["tensors"] if f"{name}/{key}" not in tensors]
             if missing:
-                raise DataError(f"{directory / WEIGHTS} lacks tensor {name}/{missing[0]}; re-export the run")
+                raise DataError(
+                    f"{directory / WEIGHTS} lacks tensor {name}/{missing[0]}; re-export the run"
+                )
             stored = {key: tensors[f"{name}/{key}"] for key in spec["tensors"]}
             table = cls.table_from_serving(stored, spec["meta"])
             target: FullEmbedding = rebuilt[name]  # type: ignore[assignment]
@@ -357,7 +379,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Rec
         params = dict(model.named_parameters())
         for name in manifest["other"]:
             if name not in params or f"other/{name}" not in tensors:
-                raise DataError(f"the artifact's parameter {name!r} does not fit the backbone; re-export the run")
+                raise DataError(
+                    f"the artifact's parameter {name!r} does not fit the backbone; re-export the run"
+                )
             params[name].copy_(tensors[f"other/{name}"])
     return model.to(device).eval()
 
@@ -414,7 +438,9 @@ def export_run(run_dir: str | Path) -> ServingReport:
     try:
         state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: one line
-        raise DataError(f"cannot read {run_dir / 'model.pt'} ({type(exc).__name__}); retrain the run") from None
+        raise DataError(
+            f"cannot read {run_dir / 'model.pt'} ({type(exc).__name__}); retrain the run"
+        ) from None
     model.load_state_dict(state)
     parts = build_task(data, cfg, torch.device("cpu"))
     return export(
@@ -432,7 +458,9 @@ def code_layers(manifest: Mapping[str, Any]) -> dict[str, tuple[Any, Mapping[str
     ``*item_embedding`` by every backbone (a model convention, not a method's)."""
     found = {}
     for name, layer in manifest.get("layers", {}).items():
-        cls = allowed_class(layer.get("class"), "recbench.embeddings", CompressedEmbedding, f"layer class of {name}")
+        cls = allowed_class(
+            layer.get("class"), "recbench.embeddings", CompressedEmbedding, f"layer class of {name}"
+        )
         if name.endswith("item_embedding") and cls.stores_codes():
             found[name] = (cls.codes_from_serving, layer["meta"])
     return found
@@ -454,7 +482,9 @@ def read_item_codes(directory: str | Path) -> tuple[dict[str, np.ndarray], np.nd
     tensors = _load_tensors(directory / WEIGHTS)
     codes = {}
     for name, (decode, meta) in decoders.items():
-        mine = {k.removeprefix(name + "/"): v for k, v in tensors.items() if k.startswith(name + "/")}
+        mine = {
+            k.removeprefix(name + "/"): v for k, v in tensors.items() if k.startswith(name + "/")
+        }
         codes[name] = decode(mine, meta).cpu().numpy()
     with np.load(directory / IDS, allow_pickle=False) as ids:
         return codes, ids["item_raw"]

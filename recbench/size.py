@@ -93,6 +93,7 @@ def reference_bits(build_backbone: Callable[..., nn.Module], info: object, dim: 
 
     if isinstance(dim, bool) or int(dim) != dim or dim < 1:
         raise ConfigError(f"eval.reference_dim={dim} must be an integer >= 1 (default 64)")
+
     def full(num_embeddings: int, embedding_dim: int, counts: object = None) -> FullEmbedding:
         return FullEmbedding(num_embeddings, embedding_dim)  # counts (CPU data) are not needed
 

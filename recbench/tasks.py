@@ -82,7 +82,9 @@ def ranking_evaluator(
             context_of=context_of,
         )
         return evaluator, {"eval_protocol": f"sampled-{cfg.eval.num_sampled}"}
-    raise ConfigError(f"eval.protocol={protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+    raise ConfigError(
+        f"eval.protocol={protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}"
+    )
 
 
 def shared_negatives(

@@ -189,7 +189,9 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def lost_reason(tags: Mapping[str, str], start_time_ms: int | None, now: float | None = None) -> str | None:
+def lost_reason(
+    tags: Mapping[str, str], start_time_ms: int | None, now: float | None = None
+) -> str | None:
     """Why a RUNNING run is lost, or None while it may still be alive: its process (same host) is
     gone, or it has not refreshed its heartbeat for ``lost_after_seconds()``."""
     now = time.time() if now is None else now
@@ -240,7 +242,11 @@ def find_lost(client: Any, experiment_ids: list[str], mark: bool = True) -> dict
                     _retry(lambda run=run, tags=tags: client.log_batch(run.info.run_id, tags=tags))
                     beat = run.data.tags.get("heartbeat", "")
                     end = int(float(beat) * 1000) if beat.replace(".", "", 1).isdigit() else None
-                    _retry(lambda run=run, end=end: client.set_terminated(run.info.run_id, "KILLED", end))
+                    _retry(
+                        lambda run=run, end=end: client.set_terminated(
+                            run.info.run_id, "KILLED", end
+                        )
+                    )
                 except Exception as exc:  # noqa: BLE001 - a read-only store still reports it
                     log.debug("could not mark run %s lost: %s", run.info.run_id, exc)
         token = page.token
@@ -311,7 +317,9 @@ def check_sqlite_file(path: Path, hint: str, *, create: bool = True, write: bool
             with open(path, "rb") as handle:
                 head = handle.read(16)
         except OSError as exc:
-            raise StoreError(f"cannot read the MLflow store {path} ({exc.strerror}); fix its permissions or {hint}") from None
+            raise StoreError(
+                f"cannot read the MLflow store {path} ({exc.strerror}); fix its permissions or {hint}"
+            ) from None
         if head and head != _SQLITE_MAGIC:
             raise StoreError(
                 f"the MLflow store {path} is not a sqlite database (corrupted or another kind of "
@@ -354,7 +362,9 @@ def store_lock(uri: str, timeout: float = 300.0) -> Iterator[None]:
         lock.release()
 
 
-def open_store(uri: str, hint: str = "tracking.uri", *, create: bool = True, write: bool = True) -> str:
+def open_store(
+    uri: str, hint: str = "tracking.uri", *, create: bool = True, write: bool = True
+) -> str:
     """Check that the store at ``uri`` can be used and create/migrate it once (under the lock);
     returns the absolute URI. Raises StoreError with one line naming the URI and the fix."""
     import mlflow
@@ -401,7 +411,12 @@ class Twin:
     metrics: dict[str, float]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "status": self.status, "run_dir": self.run_dir, "metrics": self.metrics}
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "run_dir": self.run_dir,
+            "metrics": self.metrics,
+        }
 
 
 class Tracker(Protocol):
@@ -418,7 +433,9 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
 
-    def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None: ...
+    def log_dataset(
+        self, name: str, digest: str, source: str, profile: Mapping[str, Any]
+    ) -> None: ...
 
     def log_artifact(self, path: str | os.PathLike[str], subdir: str | None = None) -> None: ...
 
@@ -491,12 +508,20 @@ class MlflowTracker:
         location = experiment.artifact_location
         for key, value in experiment_tags(self.experiment).items():  # stores from older versions
             if key not in experiment.tags:
-                _retry(lambda key=key, value=value: self.client.set_experiment_tag(self.experiment_id, key, value))
+                _retry(
+                    lambda key=key, value=value: self.client.set_experiment_tag(
+                        self.experiment_id, key, value
+                    )
+                )
         local = _local_path(location)
         if local is not None:
-            problem = writable_dir_problem(local, f"the artifact folder of experiment {self.experiment!r}")
+            problem = writable_dir_problem(
+                local, f"the artifact folder of experiment {self.experiment!r}"
+            )
             if problem:
-                raise StoreError(f"{problem}; make it writable, or record elsewhere (tracking.uri, tracking.experiment)")
+                raise StoreError(
+                    f"{problem}; make it writable, or record elsewhere (tracking.uri, tracking.experiment)"
+                )
 
     def _experiment_id(self) -> str:
         found = _retry(lambda: self.client.get_experiment_by_name(self.experiment))
@@ -566,7 +591,9 @@ class MlflowTracker:
                 return earlier[0]
         return None
 
-    def _twins(self, config_hash: str, code_identity: str | None, status: str) -> list[tuple[tuple[int, str], Twin]]:
+    def _twins(
+        self, config_hash: str, code_identity: str | None, status: str
+    ) -> list[tuple[tuple[int, str], Twin]]:
         """Runs of this experiment with the config (and code) in ``status``, alive ones only for
         RUNNING, sorted by claim (start time, run id), latest first for FINISHED."""
         query = f"tags.config_hash = '{config_hash}' and attributes.status = '{status}'"
@@ -574,7 +601,9 @@ class MlflowTracker:
             query += f" and tags.code_identity = '{code_identity}'"
         runs = _retry(
             lambda: self.client.search_runs(
-                [self.experiment_id], filter_string=query, max_results=1000,
+                [self.experiment_id],
+                filter_string=query,
+                max_results=1000,
                 order_by=["attributes.start_time DESC"],
             )  # fmt: skip
         )
@@ -583,7 +612,9 @@ class MlflowTracker:
         for run in runs:
             if status == "RUNNING" and lost_reason(run.data.tags, run.info.start_time, now):
                 continue
-            twin = Twin(run.info.run_id, status, run.data.tags.get("run_dir", ""), dict(run.data.metrics))
+            twin = Twin(
+                run.info.run_id, status, run.data.tags.get("run_dir", ""), dict(run.data.metrics)
+            )
             out.append(((run.info.start_time, run.info.run_id), twin))
         if status == "RUNNING":
             out.sort(key=lambda pair: pair[0])
@@ -619,7 +650,9 @@ class MlflowTracker:
             schema=meta.schema, profile=json.dumps(dict(profile), default=str),
         )  # fmt: skip
         context = [InputTag("mlflow.data.context", "train")]
-        _retry(lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, context)]))
+        _retry(
+            lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, context)])
+        )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -751,7 +784,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def _retry(action, attempts: int = 8, delay: float = 0.25, transient: tuple[str, ...] = ("locked",)):  # noqa: ANN001, ANN202
+def _retry(
+    action, attempts: int = 8, delay: float = 0.25, transient: tuple[str, ...] = ("locked",)
+):  # noqa: ANN001, ANN202
     """Retry store writes that hit sqlite's 'database is locked' under parallel sweeps. Each
     attempt is a ``critical`` block: a signal never interrupts a write half-way."""
     from recbench.interrupts import critical

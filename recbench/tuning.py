@@ -152,9 +152,13 @@ def trial_rows(sweep_dir: Path, searched: Sequence[str], metric: str) -> list[di
         hydra_yaml = _load_yaml(folder / record.HYDRA_DIR / "hydra.yaml") or {}
         number = (hydra_yaml.get("hydra") or {}).get("job", {}).get("num")
         if number is None:
-            number = int(folder.name.split("_", 1)[0]) if folder.name.split("_", 1)[0].isdigit() else -1
+            number = (
+                int(folder.name.split("_", 1)[0]) if folder.name.split("_", 1)[0].isdigit() else -1
+            )
         overrides = dict(
-            o.split("=", 1) for o in (_load_yaml(folder / record.HYDRA_DIR / "overrides.yaml") or []) if "=" in o
+            o.split("=", 1)
+            for o in (_load_yaml(folder / record.HYDRA_DIR / "overrides.yaml") or [])
+            if "=" in o
         )
         try:
             saved = json.loads((folder / record.METRICS_FILE).read_text())
@@ -174,7 +178,9 @@ def trial_rows(sweep_dir: Path, searched: Sequence[str], metric: str) -> list[di
             row[key] = metrics.get(key, "")
         row["run_dir"] = str(folder)
         if any(record.parse_metric(k).prefix == record.TEST for k in metrics):
-            raise RecbenchError(f"tuning trial {folder} recorded test metrics; tuning must not read test data")
+            raise RecbenchError(
+                f"tuning trial {folder} recorded test metrics; tuning must not read test data"
+            )
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
 
@@ -223,7 +229,9 @@ def write_tuned(
     ``<out_dir>/<name>.trials.csv``; returns both paths."""
     sweep_dir = Path(sweep_dir)
     results_path = sweep_dir / "optimization_results.yaml"
-    if not sweep_dir.is_dir() or not any((p / record.HYDRA_DIR).is_dir() for p in sweep_dir.iterdir()):
+    if not sweep_dir.is_dir() or not any(
+        (p / record.HYDRA_DIR).is_dir() for p in sweep_dir.iterdir()
+    ):
         raise ConfigError(
             f"{sweep_dir} holds no tuning trials (no optimization_results.yaml, no trial folders); "
             "pass the sweep folder of `python -m recbench.run -m +tune=default ...`"
@@ -246,7 +254,9 @@ def write_tuned(
 
     finished = [r for r in rows if r["status"] in ("FINISHED", "SKIPPED") and r["objective"] != ""]
     if not finished:
-        raise ConfigError(f"no trial of {sweep_dir} finished; see the trials' folders for the errors")
+        raise ConfigError(
+            f"no trial of {sweep_dir} finished; see the trials' folders for the errors"
+        )
     sign = -1.0 if record.higher_is_better(metric) else 1.0
     best = next((r for r in finished if best_params and matches(r)), None) or min(
         finished, key=lambda r: sign * float(r["objective"])
@@ -264,7 +274,8 @@ def write_tuned(
     if _own_task(_model_choice(config)) not in (None, task):
         values["task"] = task
     overrides = [
-        o for o in (OmegaConf.select(config, "hydra.overrides.task") or [])
+        o
+        for o in (OmegaConf.select(config, "hydra.overrides.task") or [])
         if not o.startswith("hydra.") and o.split("=", 1)[0] not in best_params
     ]
     sampler = OmegaConf.select(config, "hydra.sweeper.sampler") or {}
@@ -309,7 +320,10 @@ class TunedWriter(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         name = self.name or tuned_name(config)
         yaml_path, csv_path = write_tuned(config.hydra.sweep.dir, self.out_dir, name, config)
-        print(f"recbench tune: best settings in {yaml_path} (use +tuned={name}); trials in {csv_path}", flush=True)
+        print(
+            f"recbench tune: best settings in {yaml_path} (use +tuned={name}); trials in {csv_path}",
+            flush=True,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,7 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("sweep_dir", help="the sweep folder (holds optimization_results.yaml)")
     parser.add_argument("--out", default=None, help=f"output folder (default {TUNED_DIR})")
-    parser.add_argument("--name", default=None, help="file name (default <dataset>_<model>_<method>)")
+    parser.add_argument(
+        "--name", default=None, help="file name (default <dataset>_<model>_<method>)"
+    )
     args = parser.parse_args(argv)
     try:
         yaml_path, csv_path = write_tuned(args.sweep_dir, args.out, args.name)

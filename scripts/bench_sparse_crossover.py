@@ -73,14 +73,18 @@ def positive_ints(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--items={text!r} must be a comma list of integers, e.g. {DEFAULT_ITEMS}") from None
+        raise argparse.ArgumentTypeError(
+            f"--items={text!r} must be a comma list of integers, e.g. {DEFAULT_ITEMS}"
+        ) from None
     if any(v < 10 for v in values):
         raise argparse.ArgumentTypeError(f"--items={text!r}: every size must be at least 10")
     return sorted(set(values))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--items", type=positive_ints, default=positive_ints(DEFAULT_ITEMS),
                         help=f"comma list of item-vocabulary sizes (default {DEFAULT_ITEMS})")  # fmt: skip
     parser.add_argument("--users", type=int, default=6_040)
@@ -92,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)"
+    )
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "sparse_crossover.csv"))
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
@@ -100,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from the files in conf/method")
     if args.model == "sasrec" or not (ROOT / "conf" / "model" / f"{args.model}.yaml").is_file():
-        parser.error(f"--model={args.model!r} must be a non-sequential backbone in conf/model, e.g. gmf")
+        parser.error(
+            f"--model={args.model!r} must be a non-sequential backbone in conf/model, e.g. gmf"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     # bench_one reads these from the throughput script's namespace
@@ -113,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     print(head)
     pairs: list[Pair] = []
     for items in args.items:
-        data = prepare(synthetic_sized(args.users, items, args.events, name=f"bench-{items}"), "ranking", seed=0)
+        data = prepare(
+            synthetic_sized(args.users, items, args.events, name=f"bench-{items}"),
+            "ranking",
+            seed=0,
+        )
         for method in methods:
             dense = bench_one(data, f"v{items}", args.model, method, False, args)
             sparse = bench_one(data, f"v{items}", args.model, method, True, args)
@@ -125,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{pair.epoch_ratio:>11.2f}", flush=True)  # fmt: skip
         del data
     device = dense.device if pairs else args.device
-    print(f"\ncrossover on {device} (sparse/dense passes 1; 'none' = not within the measured sizes):")
+    print(
+        f"\ncrossover on {device} (sparse/dense passes 1; 'none' = not within the measured sizes):"
+    )
     for method in methods:
         mine = [p for p in pairs if p.method == method]
         for ratio in ("epoch_ratio", "step_ratio"):

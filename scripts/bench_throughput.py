@@ -77,7 +77,17 @@ SCALES = {
     "large": (100_000, 1_000_000, 2_000_000),
     "huge": (100_000, 10_000_000, 2_000_000),
 }
-ALL_METHODS = ["full", "hashing", "bloom", "qr", "mixed_dim", "low_rank", "scalar_quant", "dpq", "mgqe"]
+ALL_METHODS = [
+    "full",
+    "hashing",
+    "bloom",
+    "qr",
+    "mixed_dim",
+    "low_rank",
+    "scalar_quant",
+    "dpq",
+    "mgqe",
+]
 DEFAULT_SUITE = [
     # (scale, model, methods, sparse modes)
     ("ml1m", "gmf", ALL_METHODS, (False,)),
@@ -113,11 +123,18 @@ class Row:
 
 def synthetic(scale: str, seed: int = 0) -> Interactions:
     """One of the fixed ``SCALES``."""
-    return synthetic_sized(*SCALES[scale], seed=seed, name=f"bench-{scale}", cover_items=scale == "huge")
+    return synthetic_sized(
+        *SCALES[scale], seed=seed, name=f"bench-{scale}", cover_items=scale == "huge"
+    )
 
 
 def synthetic_sized(
-    users: int, items: int, events: int, seed: int = 0, name: str = "bench", cover_items: bool = False
+    users: int,
+    items: int,
+    events: int,
+    seed: int = 0,
+    name: str = "bench",
+    cover_items: bool = False,
 ) -> Interactions:
     """Uniform users, Zipf(1) items, increasing timestamps; at least 3 events per user;
     ``cover_items``: one more event for every item (by a random user), so none drops out."""
@@ -219,7 +236,8 @@ def setup_case(
     torch.manual_seed(0)
     model = build_model(cfg, data).to(device)
     return Case(
-        loss=str(cfg.train.loss) + (f"@{cfg.train.num_sampled}" if cfg.train.loss == "sampled_softmax" else ""),
+        loss=str(cfg.train.loss)
+        + (f"@{cfg.train.num_sampled}" if cfg.train.loss == "sampled_softmax" else ""),
         model=model,
         parts=build_task(data, cfg, device),
         loss_fn=loss_function(cfg.train.loss, compile_loss),
@@ -230,7 +248,12 @@ def setup_case(
 
 
 def bench_one(
-    data: PreparedData, scale: str, model_name: str, method: str, sparse: bool, args: argparse.Namespace
+    data: PreparedData,
+    scale: str,
+    model_name: str,
+    method: str,
+    sparse: bool,
+    args: argparse.Namespace,
 ) -> Row:
     batch_size = args.batch_size if model_name != "sasrec" else args.seq_batch_size
     gc.collect()
@@ -251,7 +274,9 @@ def bench_one(
     flush_denormals()  # as fit() does
     stream = batches()
     model.train()
-    if getattr(args, "compile", False):  # compile for both batch sizes of an epoch (the last is short)
+    if getattr(
+        args, "compile", False
+    ):  # compile for both batch sizes of an epoch (the last is short)
         for batch in parts.sampler.epoch(generator):
             train_step(model, batch, loss_fn, optimizer)
     for _ in range(args.warmup):
@@ -306,7 +331,10 @@ def bench_one(
 
 
 def bench_interleaved(
-    data: PreparedData, scale: str, model_name: str, cases: list[tuple[str, str | None, bool]],
+    data: PreparedData,
+    scale: str,
+    model_name: str,
+    cases: list[tuple[str, str | None, bool]],
     args: argparse.Namespace,
 ) -> list[Row]:
     """``--interleave``: every (method, loss, sparse) case of one group built first, their timed
@@ -406,7 +434,9 @@ def suite_of(args: argparse.Namespace) -> list[tuple[str, str, list[str], tuple[
     scales = (args.scales or "ml1m").split(",")
     models = (args.models or "gmf").split(",")
     methods = ALL_METHODS if args.methods in (None, "all") else args.methods.split(",")
-    modes = {"dense": (False,), "sparse": (True,), "both": (False, True), None: (False,)}[args.sparse]
+    modes = {"dense": (False,), "sparse": (True,), "both": (False, True), None: (False,)}[
+        args.sparse
+    ]
     return [(s, m, methods, modes) for s in scales for m in models]
 
 
@@ -429,7 +459,9 @@ def run_isolated(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
                     done = subprocess.run(child, capture_output=True, text=True)
                     if done.returncode != 0 or not out.is_file():
                         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
-                        print(f"{scale} {model} {method} sparse={sparse}: FAILED (exit {done.returncode}) {tail[0]}")
+                        print(
+                            f"{scale} {model} {method} sparse={sparse}: FAILED (exit {done.returncode}) {tail[0]}"
+                        )
                         continue
                     for record in csv.DictReader(out.open()):
                         kinds = {f.name: f.type for f in Row.__dataclass_fields__.values()}
@@ -458,19 +490,35 @@ def write_csv(rows: list[Row], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scales", default=None, help=f"comma list of {','.join(SCALES)} (default: the suite)")
-    parser.add_argument("--models", default=None, help="comma list of backbones (default: the suite)")
-    parser.add_argument("--methods", default=None, help=f"comma list (default: the suite); 'all' = {','.join(ALL_METHODS)}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scales", default=None, help=f"comma list of {','.join(SCALES)} (default: the suite)"
+    )
+    parser.add_argument(
+        "--models", default=None, help="comma list of backbones (default: the suite)"
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma list (default: the suite); 'all' = {','.join(ALL_METHODS)}",
+    )
     parser.add_argument("--sparse", choices=("dense", "sparse", "both"), default=None,
                         help="embedding gradients (default: the suite's choice per case)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=4096, help="examples per step (GMF/NeuMF/...)")
-    parser.add_argument("--seq-batch-size", type=int, default=128, help="sequences per step (SASRec)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4096, help="examples per step (GMF/NeuMF/...)"
+    )
+    parser.add_argument(
+        "--seq-batch-size", type=int, default=128, help="sequences per step (SASRec)"
+    )
     parser.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation timing")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile each step's loss (train.compile=true); compiling happens in the warm-up")  # fmt: skip
@@ -481,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--losses", default=None,
                         help="comma list of training losses per case (default: each model's own), e.g. "
                              "bce,sampled_softmax@100,sampled_softmax@1000,ce (@: train.num_sampled)")  # fmt: skip
-    parser.add_argument("--num-sampled", type=int, default=None, help="train.num_sampled for loss sampled_softmax")
+    parser.add_argument(
+        "--num-sampled", type=int, default=None, help="train.num_sampled for loss sampled_softmax"
+    )
     parser.add_argument("--no-epoch", action="store_true",
                         help="skip the real epoch; epoch_s is then batches per epoch x the median step time")  # fmt: skip
     parser.add_argument("--isolate", action="store_true",
@@ -499,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
         unknown = [m for m in methods if not (ROOT / "conf" / "method" / f"{m}.yaml").is_file()]
         if unknown or not (ROOT / "conf" / "model" / f"{model}.yaml").is_file():
-            parser.error(f"unknown model {model!r} or methods {unknown}; see conf/model and conf/method")
+            parser.error(
+                f"unknown model {model!r} or methods {unknown}; see conf/model and conf/method"
+            )
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
           f"compile {'on' if args.compile else 'off'}", flush=True)  # fmt: skip
@@ -526,9 +578,13 @@ def main(argv: list[str] | None = None) -> int:
                 for sparse in modes:
                     args.loss = loss
                     try:
-                        rows.append(bench_one(cache[(scale, task)], scale, model, method, sparse, args))
+                        rows.append(
+                            bench_one(cache[(scale, task)], scale, model, method, sparse, args)
+                        )
                     except Exception as exc:  # noqa: BLE001 - one failing case must not hide the rest
-                        print(f"{scale} {model} {method} sparse={sparse}: FAILED {type(exc).__name__}: {exc}")
+                        print(
+                            f"{scale} {model} {method} sparse={sparse}: FAILED {type(exc).__name__}: {exc}"
+                        )
                         continue
                     print_table(rows[-1:], header=len(rows) == 1)
     print("\nsummary")

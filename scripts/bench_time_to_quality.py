@@ -107,7 +107,9 @@ def time_to_target(history: list[Epoch], target: float) -> tuple[float | None, i
     return None, None
 
 
-def summarise(variants: list[Variant], target: float, reference_name: str | None = None) -> list[Summary]:
+def summarise(
+    variants: list[Variant], target: float, reference_name: str | None = None
+) -> list[Summary]:
     """One row per variant; ``x_reference`` divides each time to target by ``reference_name``'s."""
     rows = []
     for v in variants:
@@ -149,7 +151,10 @@ def run_round_robin(
             best = max(v.history, key=lambda e: e.value)
             if patience and epoch - best.epoch >= patience:
                 v.stopped = f"early stop at epoch {epoch}"
-            elif time_budget is not None and sum(e.train_s + e.valid_s for e in v.history) >= time_budget:
+            elif (
+                time_budget is not None
+                and sum(e.train_s + e.valid_s for e in v.history) >= time_budget
+            ):
                 v.stopped = f"time budget after epoch {epoch}"
     for v in variants:
         if v.step is not None and not v.stopped:
@@ -167,7 +172,9 @@ def compose_config(overrides: list[str]) -> Any:
 
     try:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return compose("config", overrides=[*overrides, "tracking=none", "train.progress=false"])
+            return compose(
+                "config", overrides=[*overrides, "tracking=none", "train.progress=false"]
+            )
     except (HydraException, OmegaConfBaseException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"overrides {' '.join(overrides)!r}: {first}") from None
@@ -186,7 +193,11 @@ def recbench_variant(name: str, overrides: list[str], data_cache: dict[str, Any]
 
     cfg = compose_config(overrides)
     check_run_config(cfg)
-    key = repr(sorted((str(k), str(v)) for k, v in cfg.dataset.items())) + str(cfg.task) + str(cfg.seed)
+    key = (
+        repr(sorted((str(k), str(v)) for k, v in cfg.dataset.items()))
+        + str(cfg.task)
+        + str(cfg.seed)
+    )
     if key not in data_cache:
         seed_everything(cfg.seed)
         data_cache[key] = load_data(cfg)
@@ -223,7 +234,9 @@ def external_variant(name: str, spec: str, data: Any, k: int, seed: int) -> Vari
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        return Variant(name, None, note=f"not measured: {module_name} is not installed ({exc.name})")
+        return Variant(
+            name, None, note=f"not measured: {module_name} is not installed ({exc.name})"
+        )
     function = getattr(module, function_name or "train_epochs")
     epochs: Iterator[tuple[float, float, float]] = iter(function(data, k=k, seed=seed))
 
@@ -237,7 +250,11 @@ def external_variant(name: str, spec: str, data: Any, k: int, seed: int) -> Vari
 def parse_named(values: list[str], what: str) -> list[tuple[str, str]]:
     """``NAME=rest`` pairs; a variant's rest is Hydra overrides, an external's ``module:function``."""
     out = []
-    example = "--variant 'dpq=method=dpq train.lr=0.002'" if what == "--variant" else "--external 'lib=my_adapter:train'"
+    example = (
+        "--variant 'dpq=method=dpq train.lr=0.002'"
+        if what == "--variant"
+        else "--external 'lib=my_adapter:train'"
+    )
     for value in values:
         name, sep, rest = value.partition("=")
         malformed = (rest and "=" not in rest) if what == "--variant" else ":" not in rest
@@ -255,12 +272,21 @@ def read_history(path: Path) -> list[Variant]:
         variants: dict[str, Variant] = {}
         for row in rows:
             v = variants.setdefault(row["variant"], Variant(row["variant"], None))
-            v.history.append(Epoch(int(row["epoch"]), float(row["train_s"]), float(row["valid_s"]), float(row["value"])))
+            v.history.append(
+                Epoch(
+                    int(row["epoch"]),
+                    float(row["train_s"]),
+                    float(row["valid_s"]),
+                    float(row["value"]),
+                )
+            )
     except (OSError, KeyError, ValueError) as exc:
         raise ConfigError(f"--from-history={path}: not a history CSV of this script ({exc}); "
                           "pass the <out>.history.csv a run wrote") from None  # fmt: skip
     if not variants:
-        raise ConfigError(f"--from-history={path} has no epochs; pass the <out>.history.csv a run wrote")
+        raise ConfigError(
+            f"--from-history={path} has no epochs; pass the <out>.history.csv a run wrote"
+        )
     return list(variants.values())
 
 
@@ -270,7 +296,11 @@ def print_table(rows: list[Summary]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        reached = f"{r.time_to_target_s:13.1f}" if r.time_to_target_s is not None else f"{'not reached':>13}"
+        reached = (
+            f"{r.time_to_target_s:13.1f}"
+            if r.time_to_target_s is not None
+            else f"{'not reached':>13}"
+        )
         epochs = f"{r.epochs_to_target:6d}" if r.epochs_to_target is not None else f"{'-':>6}"
         train = f"{r.train_to_target_s:7.1f}" if r.train_to_target_s is not None else f"{'-':>7}"
         ratio = f"{r.x_reference:6.3f}" if r.x_reference is not None else f"{'-':>6}"
@@ -279,7 +309,9 @@ def print_table(rows: list[Summary]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--common", default="dataset=ml-100k model=gmf",
                         help="Hydra overrides shared by every variant (quoted, space-separated)")  # fmt: skip
     parser.add_argument("--variant", action="append", default=[],
@@ -289,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", type=float, default=None, help="reference validation NDCG@K")
     parser.add_argument("--reference-variant", default=None,
                         help="variant whose best validation NDCG@K is the reference (default: the first)")  # fmt: skip
-    parser.add_argument("--fraction", type=float, default=0.95, help="target = fraction x reference")
+    parser.add_argument(
+        "--fraction", type=float, default=0.95, help="target = fraction x reference"
+    )
     parser.add_argument("--max-epochs", type=int, default=50)
     parser.add_argument("--patience", type=int, default=5, help="early stopping (0 = off)")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds per variant")
@@ -321,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(args.threads)
             common = shlex.split(args.common)
             cache: dict[str, Any] = {}
-            variants = [recbench_variant(n, common + shlex.split(o), cache) for n, o in variants_spec]
+            variants = [
+                recbench_variant(n, common + shlex.split(o), cache) for n, o in variants_spec
+            ]
     except ConfigError as exc:
         print(f"recbench: error: {exc}", file=sys.stderr)
         return 2
@@ -329,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         if externals:
             data = next(iter(cache.values()))
             cfg = compose_config(common)
-            variants += [external_variant(n, s, data, int(cfg.eval.k), int(cfg.seed)) for n, s in externals]
+            variants += [
+                external_variant(n, s, data, int(cfg.eval.k), int(cfg.seed)) for n, s in externals
+            ]
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.common}; "
               f"variants {', '.join(names)}", flush=True)  # fmt: skip
         run_round_robin(variants, args.max_epochs, args.patience, args.time_budget)

@@ -34,7 +34,9 @@ def feasible(overrides: list[str], method: str, budget: float, data) -> str | No
     """None when ``method`` fits ``budget`` on ``data``, else the solver's message."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"method={method}", f"method.budget={budget}"])
+        cfg = compose(
+            "config", overrides=[*overrides, f"method={method}", f"method.budget={budget}"]
+        )
     try:
         build_model(cfg, data)
     except ConfigError as exc:
@@ -58,12 +60,18 @@ def floor(overrides: list[str], method: str, data, hi: float = 1.0) -> float | N
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=ml-100k model=gmf")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. dataset=ml-100k model=gmf"
+    )
     parser.add_argument("--budgets", default="0.5,0.25,0.1,0.05")
-    parser.add_argument("--methods", default=None, help="comma list (default: every compressing method)")
+    parser.add_argument(
+        "--methods", default=None, help="comma list (default: every compressing method)"
+    )
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
-    methods = args.methods.split(",") if args.methods else [m for m in options("method") if m != "full"]
+    methods = (
+        args.methods.split(",") if args.methods else [m for m in options("method") if m != "full"]
+    )
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=args.overrides)
@@ -73,8 +81,13 @@ def main() -> int:
     print(f"{'method':<14}{'smallest':>10}  " + "  ".join(f"{b:>6g}" for b in budgets))
     for method in methods:
         low = floor(args.overrides, method, data)
-        marks = ["OK" if feasible(args.overrides, method, b, data) is None else "--" for b in budgets]
-        print(f"{method:<14}{(f'{low:.3g}' if low else 'none'):>10}  " + "  ".join(f"{m:>6}" for m in marks))
+        marks = [
+            "OK" if feasible(args.overrides, method, b, data) is None else "--" for b in budgets
+        ]
+        print(
+            f"{method:<14}{(f'{low:.3g}' if low else 'none'):>10}  "
+            + "  ".join(f"{m:>6}" for m in marks)
+        )
     return 0
 
 

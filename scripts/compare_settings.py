@@ -71,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         p = compare(groups)
         sizes = sorted({len(g) for g in groups.values()})
-        print(f"{metric}: {len(groups)} groups of {args.knob}, n = {'/'.join(map(str, sizes))} per group")
+        print(
+            f"{metric}: {len(groups)} groups of {args.knob}, n = {'/'.join(map(str, sizes))} per group"
+        )
         print("| value | mean | std | n |\n|---|---:|---:|---:|")
         for value, g in sorted(groups.items(), key=lambda kv: -kv[1].mean()):
             print(f"| {value} | {g.mean():.4f} | {g.std(ddof=1):.4f} | {len(g)} |")

@@ -53,7 +53,9 @@ def load_old(commit: str, folder: Path) -> tuple[type, type]:
             continue  # no vq.py before the shared module existed
         source = shown.stdout
         for other in names:  # the old modules import each other, not the working tree's
-            source = source.replace(f"from recbench.embeddings.{other} import", f"from old_{other} import")
+            source = source.replace(
+                f"from recbench.embeddings.{other} import", f"from old_{other} import"
+            )
         path = folder / f"old_{name}.py"
         path.write_text(source)
         spec = importlib.util.spec_from_file_location(f"old_{name}", path)
@@ -83,7 +85,9 @@ def check(cases: dict, steps: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--before", default="edf1090", help="commit of the earlier implementation")
     parser.add_argument("--scale", default="ml1m", choices=sorted(bench.SCALES))
     parser.add_argument("--batch-size", type=int, default=4096)
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             check(cases, args.check_steps)
         streams = {}
         for label, case in cases.items():
+
             def gen(case=case):  # noqa: ANN202 - endless stream of real batches
                 while True:
                     yield from case.parts.sampler.epoch(case.generator)

@@ -30,7 +30,9 @@ from recbench.engine.device import flush_denormals  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="gmf")
     parser.add_argument("--method", default="full")
     parser.add_argument("--scale", default="ml1m", choices=sorted(bench.SCALES))

@@ -29,7 +29,9 @@ VARIANTS = [("full", {}), ("low_rank_r48", {}), ("scalar_quant", {}), ("dpq", {}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=6040)
     parser.add_argument("--items", type=int, default=3416)
     args = parser.parse_args()

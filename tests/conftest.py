@@ -28,7 +28,9 @@ def method_node(name: str, seed: int = 0):  # noqa: ANN201 - an OmegaConf DictCo
     ``${seed}`` (e.g. ``hash_seed``) resolve as they do in a composed run."""
     from omegaconf import OmegaConf
 
-    root = OmegaConf.create({"seed": seed, "method": OmegaConf.load(CONF / "method" / f"{name}.yaml")})
+    root = OmegaConf.create(
+        {"seed": seed, "method": OmegaConf.load(CONF / "method" / f"{name}.yaml")}
+    )
     return root.method
 
 

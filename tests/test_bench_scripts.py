@@ -55,7 +55,11 @@ import bench_time_to_quality as ttq  # noqa: E402
 
 
 def test_time_to_target_counts_training_and_validation_until_the_first_hit() -> None:
-    history = [ttq.Epoch(1, 2.0, 0.5, 0.10), ttq.Epoch(2, 2.0, 0.5, 0.30), ttq.Epoch(3, 2.0, 0.5, 0.25)]
+    history = [
+        ttq.Epoch(1, 2.0, 0.5, 0.10),
+        ttq.Epoch(2, 2.0, 0.5, 0.30),
+        ttq.Epoch(3, 2.0, 0.5, 0.25),
+    ]
     assert ttq.time_to_target(history, 0.30) == (5.0, 2)
     assert ttq.time_to_target(history, 0.05) == (2.5, 1)
     assert ttq.time_to_target(history, 0.31) == (None, None)
@@ -124,11 +128,16 @@ def test_from_history_resummarises_against_another_reference(tmp_path: Path, cap
         "fast,1,1.0,0.0,0.2\nfast,2,1.0,0.0,0.4\n"
         "lib,1,3.0,1.0,0.3\nlib,2,3.0,1.0,0.35\nlib,3,3.0,1.0,0.3\n"
     )
-    assert ttq.main(["--from-history", str(history), "--reference-variant", "lib", "--fraction", "1"]) == 0
+    assert (
+        ttq.main(["--from-history", str(history), "--reference-variant", "lib", "--fraction", "1"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "target: 1 x 0.3500 = 0.3500" in out
     (fast,) = [line for line in out.splitlines() if line.startswith("fast")]
-    assert fast.split()[2:5] == ["2.0", "2.0", "2"] and fast.split()[-1] == "0.250"  # 2 s against 8 s
+    assert (
+        fast.split()[2:5] == ["2.0", "2.0", "2"] and fast.split()[-1] == "0.250"
+    )  # 2 s against 8 s
     assert not (tmp_path / "run.history.history.csv").exists()  # nothing written
     assert ttq.main(["--from-history", str(tmp_path / "none.csv")]) == 2
     assert "--from-history=" in capsys.readouterr().err
@@ -147,7 +156,10 @@ def test_throughput_interleaved_cases_with_losses(tmp_path: Path, monkeypatch) -
     assert bench_throughput.main(argv) == 0
     rows = list(csv.DictReader(out.open()))
     assert [(r["method"], r["loss"]) for r in rows] == [
-        ("full", "bce"), ("full", "sampled_softmax@5"), ("hashing", "bce"), ("hashing", "sampled_softmax@5"),
+        ("full", "bce"),
+        ("full", "sampled_softmax@5"),
+        ("hashing", "bce"),
+        ("hashing", "sampled_softmax@5"),
     ]
     assert float(rows[0]["relative"]) == 1.0
     assert all(float(r["samples_per_s"]) > 0 and float(r["step_ms"]) > 0 for r in rows)
@@ -186,7 +198,9 @@ def fake_recbole_view(data, shuffle_seed: int = 1):  # noqa: ANN001, ANN201
     indptr, train_items = data.train_csr()
     for user, item in zip(data.valid.user.tolist(), data.valid.item.tolist()):
         positive[uid_of[user]] = torch.tensor([iid_of[item]])
-        history[uid_of[user]] = torch.tensor([iid_of[i] for i in train_items[indptr[user] : indptr[user + 1]]][::-1])
+        history[uid_of[user]] = torch.tensor(
+            [iid_of[i] for i in train_items[indptr[user] : indptr[user + 1]]][::-1]
+        )
     loader = types.SimpleNamespace(
         uid_list=torch.tensor(sorted(uid_of[u] for u in data.valid.user.tolist())),
         uid2positive_item=positive, uid2history_item=history,
@@ -233,4 +247,6 @@ def test_recbole_gmf_trains_on_recbenchs_split() -> None:
     data = small_ranking_data()
     epochs = ext_recbole.train_gmf(data, k=10, seed=0, train_batch_size=64)
     rows = [next(epochs) for _ in range(2)]
-    assert all(train_s > 0 and valid_s > 0 and 0.0 <= value <= 1.0 for train_s, valid_s, value in rows)
+    assert all(
+        train_s > 0 and valid_s > 0 and 0.0 <= value <= 1.0 for train_s, valid_s, value in rows
+    )

@@ -30,9 +30,14 @@ def run_cli(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
-        sys.executable, "-m", "recbench.run", *flags,
-        f"tracking.uri={store}", f"tracking.artifact_root={tmp_path / 'artifacts'}",
-        f"hydra.run.dir={tmp_path / 'run'}", *args,
+        sys.executable,
+        "-m",
+        "recbench.run",
+        *flags,
+        f"tracking.uri={store}",
+        f"tracking.artifact_root={tmp_path / 'artifacts'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *args,
     ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -53,16 +58,26 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
     proc = run_cli(TINY, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HR@10" in proc.stdout and "popularity" in proc.stdout and "serving bits" in proc.stdout
-    assert "Creating initial MLflow database tables" not in proc.stdout + proc.stderr  # no library noise
+    assert (
+        "Creating initial MLflow database tables" not in proc.stdout + proc.stderr
+    )  # no library noise
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "FINISHED"
     assert (tmp_path / "run" / "config.yaml").exists()
     (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED"
     m = run.data.metrics
-    for key in ("test/hr_at_10", "test/ndcg_at_10", "test/mrr", "size/serving_bits",
-                "size/fraction_of_full", "train/loss", "val/ndcg_at_10", "time/train_seconds",
-                "popularity/hr_at_10"):
+    for key in (
+        "test/hr_at_10",
+        "test/ndcg_at_10",
+        "test/mrr",
+        "size/serving_bits",
+        "size/fraction_of_full",
+        "train/loss",
+        "val/ndcg_at_10",
+        "time/train_seconds",
+        "popularity/hr_at_10",
+    ):
         assert key in m, key
     assert m["size/fraction_of_full"] == pytest.approx(1.0)
     assert m["test/hr_at_10"] == pytest.approx(record["metrics"]["test/hr_at_10"])
@@ -73,7 +88,10 @@ def test_default_run_records_everything(tmp_path: Path) -> None:
     from recbench.report import FolderSource, MlflowSource
     from recbench.report.tables import make_report
 
-    for source in (MlflowSource(f"sqlite:///{tmp_path / 'mlflow.db'}"), FolderSource(tmp_path / "run")):
+    for source in (
+        MlflowSource(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        FolderSource(tmp_path / "run"),
+    ):
         assert make_report(source.runs()).finished["cell"].tolist() == [tags["cell_hash"]]
     assert tags["tie_break"] == "file" and record["tie_break"] == "file"
     assert run.data.params["train.epochs"] == "2"
@@ -120,7 +138,10 @@ def assert_mlflow_browsable(client: Any, run: Any) -> None:
         assert tags["mlflow.source.git.commit"] == tags["git_commit"]
     (data,) = run.inputs.dataset_inputs
     assert data.dataset.name == "synthetic" and len(data.dataset.digest) == 12
-    assert json.loads(data.dataset.profile) == json.loads(Path(tags["run_dir"], "metrics.json").read_text())["data"]
+    assert (
+        json.loads(data.dataset.profile)
+        == json.loads(Path(tags["run_dir"], "metrics.json").read_text())["data"]
+    )
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "test/" in experiment.tags["mlflow.note.content"]
@@ -154,7 +175,10 @@ def test_params_leave_out_plumbing_but_keep_the_cell() -> None:
         (["method=nope"], "unknown method option 'nope'; choose one of:"),
         (["model=nope"], "unknown model option 'nope'"),
         (["train.epoch=3"], "unknown key 'train.epoch'; did you mean train.epochs?"),
-        (["+train.epoch=3"], "unknown key 'train.epoch'; did you mean train.epochs?"),  # not ignored
+        (
+            ["+train.epoch=3"],
+            "unknown key 'train.epoch'; did you mean train.epochs?",
+        ),  # not ignored
         (["sed=1"], "did you mean seed?"),
         (["method=mgq"], "did you mean method=mgqe?"),
         (["experiment=keras_full"], "use +experiment=keras_full"),
@@ -166,7 +190,10 @@ def test_params_leave_out_plumbing_but_keep_the_cell() -> None:
         (["train.loss=mse"], "train.loss=mse does not fit task=ranking"),
         (["train.lr=0"], "train.lr=0"),
         (["-m", "method=full,nope"], "unknown method option 'nope'"),
-        (["dataset.tie_break=time"], "dataset.tie_break=time is unknown; choose one of file, item, random"),
+        (
+            ["dataset.tie_break=time"],
+            "dataset.tie_break=time is unknown; choose one of file, item, random",
+        ),
     ],
 )
 def test_preflight_messages(args: list[str], expected: str) -> None:
@@ -230,7 +257,9 @@ def write(path: Path, text: str) -> Path:
     ],
     ids=["missing-file", "malformed-line", "rating-out-of-range"],
 )
-def test_data_errors_fail_cleanly_and_record_failed(tmp_path: Path, content: str | None, expected: str) -> None:
+def test_data_errors_fail_cleanly_and_record_failed(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
     root = tmp_path / "data"
     if content is not None:
         write(root / "ml-100k" / "u.data", content)
@@ -293,7 +322,9 @@ def test_impossible_budget_names_the_smallest(tmp_path: Path) -> None:
 
 def test_user_method_errors_name_user_method(tmp_path: Path) -> None:
     """A solver error raised while building the user table names the key the user typed."""
-    proc = run_cli([*TINY, "method=qr", "user_method=hashing", "user_method.budget=0.001"], tmp_path)
+    proc = run_cli(
+        [*TINY, "method=qr", "user_method=hashing", "user_method.budget=0.001"], tmp_path
+    )
     assert proc.returncode == 2
     (line,) = error_lines(proc)
     assert "user_method.budget=0.001 is impossible" in line and " method.budget" not in line
@@ -310,10 +341,17 @@ def test_parallel_joblib_sweep_shares_the_store(tmp_path: Path) -> None:
     dirs = {r.data.tags["run_dir"] for r in runs}
     assert len(dirs) == 2  # each run in its own folder
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1  # joblib workers share the sweep's id
-    assert sorted(r.info.run_name[:-5] for r in runs) == ["synthetic-gmf-full-s0", "synthetic-gmf-full-s1"]
+    assert sorted(r.info.run_name[:-5] for r in runs) == [
+        "synthetic-gmf-full-s0",
+        "synthetic-gmf-full-s1",
+    ]
     # parallel runs print one summary line each (no multi-line blocks to interleave)
-    summaries = [line for line in proc.stdout.splitlines() if line.startswith("recbench: synthetic")]
-    assert len(summaries) == 2 and all("HR@10" in line and "popularity" in line for line in summaries)
+    summaries = [
+        line for line in proc.stdout.splitlines() if line.startswith("recbench: synthetic")
+    ]
+    assert len(summaries) == 2 and all(
+        "HR@10" in line and "popularity" in line for line in summaries
+    )
     assert "  size " not in proc.stdout
 
 

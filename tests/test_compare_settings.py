@@ -36,7 +36,9 @@ def test_groups_and_p_values(tmp_path: Path) -> None:
     far = compare_settings.compare(groups)
     assert far["anova_p"] < 0.001 and far["kruskal_p"] < 0.01 and far["friedman_p"] < 0.05
     near = pd.read_csv(write_runs(tmp_path / "near", 0.0) / "runs.csv", dtype={"seed": str})
-    same = compare_settings.compare(compare_settings.groups_of(near, "bloom", "hash_family", "test/hr_at_10"))
+    same = compare_settings.compare(
+        compare_settings.groups_of(near, "bloom", "hash_family", "test/hr_at_10")
+    )
     assert same["anova_p"] > 0.5
 
 

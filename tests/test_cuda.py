@@ -22,7 +22,11 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
 ]
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
-TINY = ["dataset.loader.num_users=150", "dataset.loader.num_items=80", "dataset.loader.events_per_user=15"]
+TINY = [
+    "dataset.loader.num_users=150",
+    "dataset.loader.num_items=80",
+    "dataset.loader.events_per_user=15",
+]
 
 
 def setup(overrides: list[str]):  # noqa: ANN201
@@ -47,7 +51,9 @@ def check(overrides: list[str]) -> None:
         assert gpu_metrics[key] == pytest.approx(value, abs=2e-3), key
 
     batch = next(cpu_parts.sampler.epoch(torch.Generator().manual_seed(1)))
-    gpu_batch = type(batch)(**{k: (v.to(GPU) if torch.is_tensor(v) else v) for k, v in vars(batch).items()})
+    gpu_batch = type(batch)(
+        **{k: (v.to(GPU) if torch.is_tensor(v) else v) for k, v in vars(batch).items()}
+    )
     model.train(), on_gpu.train()
     torch.manual_seed(3)  # dropout masks differ across devices; compare with dropout off
     disable_dropout(model), disable_dropout(on_gpu)
@@ -56,7 +62,9 @@ def check(overrides: list[str]) -> None:
     for m, b in ((model, batch), (on_gpu, gpu_batch)):
         m.zero_grad()
         (loss_fn(m, b) + m.aux_loss().to(b.items.device)).backward()
-        grads.append({n: p.grad.detach().cpu() for n, p in m.named_parameters() if p.grad is not None})
+        grads.append(
+            {n: p.grad.detach().cpu() for n, p in m.named_parameters() if p.grad is not None}
+        )
     assert_grads_close(grads[0], grads[1])
     # And a whole optimiser step runs on the device (Adam's first step is lr * sign(grad), so the
     # parameters themselves are compared through the gradients above, not after the step).

@@ -121,8 +121,11 @@ def test_popularity_baseline_ranks_by_training_counts() -> None:
 
 def test_rating_evaluator_clips_to_range() -> None:
     inter = Interactions(
-        user=np.arange(1, 21), item=np.arange(1, 21) % 3 + 1,
-        rating=np.full(20, 5.0, dtype=np.float32), timestamp=None, name="r",
+        user=np.arange(1, 21),
+        item=np.arange(1, 21) % 3 + 1,
+        rating=np.full(20, 5.0, dtype=np.float32),
+        timestamp=None,
+        name="r",
     )
     data = prepare(inter, "rating", seed=0, rating_range=(1, 5), rating_split=(0.5, 0.25, 0.25))
 
@@ -156,7 +159,9 @@ def test_non_finite_candidate_score_fails(bad: float) -> None:
     with pytest.raises(RecbenchError, match="non-finite"):  # the positive itself
         ranks_of_targets(scores, torch.tensor([2]), torch.tensor([[False, False, True, False]]))
     # an excluded non-candidate does not count
-    assert ranks_of_targets(scores, torch.tensor([1]), torch.tensor([[False, False, True, False]])).tolist() == [1.0]
+    assert ranks_of_targets(
+        scores, torch.tensor([1]), torch.tensor([[False, False, True, False]])
+    ).tolist() == [1.0]
 
 
 def test_nan_weights_fail_full_and_sampled_evaluation(tmp_path) -> None:  # noqa: ANN001
@@ -177,8 +182,11 @@ def test_nan_rating_predictions_fail() -> None:
     from recbench.errors import RecbenchError
 
     inter = Interactions(
-        user=np.arange(1, 21), item=np.arange(1, 21) % 3 + 1,
-        rating=np.full(20, 5.0, dtype=np.float32), timestamp=None, name="r",
+        user=np.arange(1, 21),
+        item=np.arange(1, 21) % 3 + 1,
+        rating=np.full(20, 5.0, dtype=np.float32),
+        timestamp=None,
+        name="r",
     )
     data = prepare(inter, "rating", seed=0, rating_range=(1, 5), rating_split=(0.5, 0.25, 0.25))
     with pytest.raises(RecbenchError, match="non-finite test rating predictions"):

@@ -20,7 +20,9 @@ def imports_of(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("recbench")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("recbench"):
+        elif (
+            isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("recbench")
+        ):
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names}
     return found
@@ -28,7 +30,10 @@ def imports_of(path: Path) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: {m for m in imports_of(path) if m in files and m != name} for name, path in files.items()}
+    return {
+        name: {m for m in imports_of(path) if m in files and m != name}
+        for name, path in files.items()
+    }
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -41,7 +46,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if state.get(nxt) is None and (cycle := visit(nxt)):
                 return cycle
         stack.pop()

@@ -51,7 +51,9 @@ def test_keras_full_model_has_the_examples_623744_parameters() -> None:
 
 def test_keras_qr_md_size_by_hand() -> None:
     model = ml1m_model(["+experiment=keras_qr_md"])
-    users = (51 + 120) * 64  # m = 6040 // 50 = 120 remainder rows, ceil(6040 / 120) = 51 quotient rows
+    users = (
+        51 + 120
+    ) * 64  # m = 6040 // 50 = 120 remainder rows, ceil(6040 / 120) = 51 quotient rows
     movies = 400 * 64 + 1300 * 32 + (3706 - 1700) * 16 + 32 * 64 + 16 * 64  # blocks + projections
     assert model_size(model).serving_bits == 32 * (users + movies) == 32 * 113_312
     assert sum(p.numel() for p in model.parameters()) == users + movies

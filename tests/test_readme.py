@@ -90,7 +90,10 @@ def test_every_readme_line_is_runnable_or_exempt() -> None:
     assert any("user_method=" in c for c in found) and any("+experiment=" in c for c in found)
     for line in found:
         if exempt(line) is None:
-            assert re.match(r"python (-m recbench\.(run|report|serving|tuning)\b|scripts/budget_floor\.py)", line), (
+            assert re.match(
+                r"python (-m recbench\.(run|report|serving|tuning)\b|scripts/budget_floor\.py)",
+                line,
+            ), (
                 f"README/--help line neither runnable nor exempt: {line!r}; make it a recbench "
                 "command or add it to EXEMPT with the reason"
             )
@@ -102,7 +105,9 @@ def write_real_data(root: Path) -> None:
     user, item, rating, ts = inter.user, inter.item, inter.rating.astype(int), inter.timestamp
     rows = list(zip(user.tolist(), item.tolist(), rating.tolist(), ts.tolist()))
     (root / "ml-100k").mkdir(parents=True)
-    (root / "ml-100k" / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    (root / "ml-100k" / "u.data").write_text(
+        "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows)
+    )
     genres = np.random.default_rng(0).integers(0, 2, size=(item.max() + 1, 19))
     (root / "ml-100k" / "u.item").write_text("".join(
         f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|" + "|".join(map(str, genres[i])) + "\n"
@@ -151,7 +156,10 @@ def shorten_run(args: list[str], tmp: Path, n: int) -> list[str]:
         extra += SYNTHETIC if "-m" in out else TINY
     if any(a.startswith("+tune=") for a in out):
         # 2 trials, and the tuned YAML goes to the temporary folder, never into the checkout's conf/
-        extra += ["hydra.sweeper.n_trials=2", f"hydra.callbacks.tuned_writer.out_dir={tmp / 'tuned'}"]
+        extra += [
+            "hydra.sweeper.n_trials=2",
+            f"hydra.callbacks.tuned_writer.out_dir={tmp / 'tuned'}",
+        ]
     if any("model=sasrec" in a for a in out):
         extra += ["model.max_len=20"]
     return out + extra
@@ -183,7 +191,9 @@ def run_line(line: str, tmp: Path, n: int, env: dict[str, str]) -> subprocess.Co
 
 def latest_run(tmp: Path) -> Path:
     """The newest single-run folder with a serving artifact (for ``recbench.serving``)."""
-    found = sorted((p.parent for p in (tmp / "runs").glob("*/serving")), key=lambda p: p.stat().st_mtime)
+    found = sorted(
+        (p.parent for p in (tmp / "runs").glob("*/serving")), key=lambda p: p.stat().st_mtime
+    )
     assert found, "no run folder with serving/ yet"
     return found[-1]
 

@@ -60,7 +60,9 @@ def test_key_lists_agree() -> None:
     assert set(record.RESUME_EXCLUDED) < set(record.CELL_EXCLUDED)
     assert "seed" in record.CELL_EXCLUDED and "seed" not in record.RESUME_EXCLUDED
     assert record.HYDRA_CONFIG == f"{record.HYDRA_DIR}/{record.CONFIG_FILE}"
-    assert record.is_knob("bits") and not record.is_knob("budget") and not record.is_knob("_target_")
+    assert (
+        record.is_knob("bits") and not record.is_knob("budget") and not record.is_knob("_target_")
+    )
 
 
 def test_the_report_reads_knobs_by_the_one_list() -> None:

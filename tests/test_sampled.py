@@ -14,7 +14,9 @@ from recbench.engine.evaluators.sampled import SampledEvaluator
 
 
 def data():  # noqa: ANN201
-    return prepare(generate(num_users=120, num_items=90, events_per_user=12, seed=1), "ranking", seed=0)
+    return prepare(
+        generate(num_users=120, num_items=90, events_per_user=12, seed=1), "ranking", seed=0
+    )
 
 
 def test_negatives_are_saved_once_and_reused(tmp_path: Path) -> None:

@@ -37,12 +37,20 @@ def test_accidental_hits_are_masked() -> None:
     log_q = torch.zeros(6)
     pos, positives = torch.tensor([0.3, -0.2]), torch.tensor([1, 4])
     with_hits = sampled_softmax_from_logits(
-        pos, torch.tensor([[7.0, 0.1, 0.2], [0.4, 9.0, 0.6]]), positives, torch.tensor([1, 2, 4]), log_q
+        pos,
+        torch.tensor([[7.0, 0.1, 0.2], [0.4, 9.0, 0.6]]),
+        positives,
+        torch.tensor([1, 2, 4]),
+        log_q,
     )
     # position 0 draws its positive 1 as candidate 0, position 1 draws 4 as candidate 2; masking
     # leaves exactly the other candidates (whatever their logits were)
-    first = sampled_softmax_from_logits(pos[:1], torch.tensor([[0.1, 0.2]]), positives[:1], torch.tensor([2, 4]), log_q)
-    second = sampled_softmax_from_logits(pos[1:], torch.tensor([[0.4, 9.0]]), positives[1:], torch.tensor([1, 2]), log_q)
+    first = sampled_softmax_from_logits(
+        pos[:1], torch.tensor([[0.1, 0.2]]), positives[:1], torch.tensor([2, 4]), log_q
+    )
+    second = sampled_softmax_from_logits(
+        pos[1:], torch.tensor([[0.4, 9.0]]), positives[1:], torch.tensor([1, 2]), log_q
+    )
     torch.testing.assert_close(with_hits, torch.cat([first, second]))
 
 
@@ -51,7 +59,9 @@ def test_all_items_with_uniform_q_equals_full_softmax(model: str) -> None:
     """Every item a candidate, uniform q: logQ shifts all logits equally and the positive's own
     draw is masked, so the loss is the full-softmax cross-entropy exactly."""
     torch.manual_seed(0)
-    net = build_with_method(model, "full", num_users=6, num_items=40, **({"dropout": 0.0} if model == "sasrec" else {}))
+    net = build_with_method(
+        model, "full", num_users=6, num_items=40, **({"dropout": 0.0} if model == "sasrec" else {})
+    )
     shared = SharedNegatives(40, 40, "uniform", None, CPU)
     if model == "sasrec":
         context = torch.tensor([[0, 3, 5, 7], [2, 9, 1, 4]])
@@ -59,7 +69,9 @@ def test_all_items_with_uniform_q_equals_full_softmax(model: str) -> None:
         mask = items[..., 0] != 0
     else:
         context, items, mask = torch.tensor([1, 2, 5]), torch.tensor([[3], [40], [1]]), None
-    batch = Batch(context=context, items=items, mask=mask, candidates=torch.arange(1, 41), log_q=shared.log_q)
+    batch = Batch(
+        context=context, items=items, mask=mask, candidates=torch.arange(1, 41), log_q=shared.log_q
+    )
     torch.testing.assert_close(sampled_softmax_loss(net, batch), ce_loss(net, batch))
     # the default (score-based) implementation gives the same logits as the matrix-product override
     positive, negative = net.sampled_logits(context, items[..., 0], batch.candidates)
@@ -80,13 +92,17 @@ def test_popularity_distribution_and_its_logq() -> None:
     torch.testing.assert_close(freq[1:4], torch.tensor([0.6, 0.3, 0.1]), atol=0.02, rtol=0)
     again = shared.draw(2, torch.Generator().manual_seed(0))
     assert torch.equal(draws, again)  # reproducible by the epoch's generator
-    uniform = SharedNegatives(4, 1000, "uniform", None, CPU).draw(1, torch.Generator().manual_seed(1))
+    uniform = SharedNegatives(4, 1000, "uniform", None, CPU).draw(
+        1, torch.Generator().manual_seed(1)
+    )
     assert int(uniform.min()) == 1 and int(uniform.max()) == 4
 
 
 def test_samplers_carry_shared_candidates() -> None:
     data = toy()
-    parts = build_task(data, compose_cfg("model=sasrec", "train.loss=sampled_softmax", "train.num_sampled=7"), CPU)
+    parts = build_task(
+        data, compose_cfg("model=sasrec", "train.loss=sampled_softmax", "train.num_sampled=7"), CPU
+    )
     assert parts.sampler.k == 0
     (batch,) = list(parts.sampler.epoch(torch.Generator().manual_seed(0)))
     assert batch.items.shape[-1] == 1 and batch.candidates.shape == (7,)

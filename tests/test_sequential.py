@@ -30,12 +30,25 @@ def toy() -> PreparedData:
     dave:  a@1 b@2             -> dropped (fewer than 3 events)
     """
     events = [
-        ("alice", "a", 3), ("bob", "y", 2), ("alice", "b", 1), ("carol", "a", 1), ("alice", "d", 5),
-        ("bob", "x", 1), ("alice", "c", 2), ("carol", "c", 4), ("dave", "a", 1), ("alice", "e", 4),
-        ("bob", "z", 3), ("carol", "x", 3), ("carol", "b", 2), ("dave", "b", 2),
+        ("alice", "a", 3),
+        ("bob", "y", 2),
+        ("alice", "b", 1),
+        ("carol", "a", 1),
+        ("alice", "d", 5),
+        ("bob", "x", 1),
+        ("alice", "c", 2),
+        ("carol", "c", 4),
+        ("dave", "a", 1),
+        ("alice", "e", 4),
+        ("bob", "z", 3),
+        ("carol", "x", 3),
+        ("carol", "b", 2),
+        ("dave", "b", 2),
     ]
     users, items, times = (np.array(col) for col in zip(*events))
-    return prepare(Interactions(user=users, item=items, timestamp=times, name="toy"), "sequential", seed=0)
+    return prepare(
+        Interactions(user=users, item=items, timestamp=times, name="toy"), "sequential", seed=0
+    )
 
 
 def ids(data: PreparedData, *raw: str) -> list[int]:
@@ -105,7 +118,8 @@ def test_sampler_batches() -> None:
         for row in range(2):
             user_items = set(batch.context[row].tolist()) | set(batch.items[row, :, 0].tolist())
             user = next(
-                u for u in range(1, data.num_users + 1)
+                u
+                for u in range(1, data.num_users + 1)
                 if set(train_items[indptr[u] : indptr[u + 1]].tolist()) == user_items - {0}
             )
             seen = set(train_items[indptr[user] : indptr[user + 1]].tolist())
@@ -117,9 +131,13 @@ def test_sampler_batches() -> None:
 def test_sampler_visits_each_user_once_per_epoch() -> None:
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(50), 6)
-    inter = Interactions(user=users, item=rng.integers(0, 40, len(users)), timestamp=np.arange(len(users)))
+    inter = Interactions(
+        user=users, item=rng.integers(0, 40, len(users)), timestamp=np.arange(len(users))
+    )
     data = prepare(inter, "sequential", seed=0)
-    sampler = SequenceSampler(data, max_len=3, num_negatives=1, batch_size=16, device=CPU, trim=False)
+    sampler = SequenceSampler(
+        data, max_len=3, num_negatives=1, batch_size=16, device=CPU, trim=False
+    )
     _, inputs, _ = training_sequences(data, 3)
     batches = list(sampler.epoch(torch.Generator().manual_seed(0)))
     assert len(batches) == len(sampler) == 4
@@ -132,7 +150,13 @@ def test_no_training_transition_is_a_data_error() -> None:
         user=np.array([1, 1, 1, 2, 2, 2]), item=np.array([1, 2, 3, 1, 3, 2]), timestamp=np.arange(6)
     )
     with pytest.raises(DataError, match="no user has two training items"):
-        SequenceSampler(prepare(inter, "sequential", seed=0), max_len=5, num_negatives=1, batch_size=4, device=CPU)
+        SequenceSampler(
+            prepare(inter, "sequential", seed=0),
+            max_len=5,
+            num_negatives=1,
+            batch_size=4,
+            device=CPU,
+        )
 
 
 class HistoryScorer(torch.nn.Module):
@@ -171,12 +195,17 @@ def test_history_exclusion_with_sequence_contexts() -> None:
     # validation: training items excluded, the (future) test item is still a candidate above it
     model = HistoryScorer(data, "valid")
     ranks = evaluator.ranks(model.score_all, "valid")
-    assert model.contexts[0].tolist() == context.tables["valid"][evaluator.parts["valid"].users].tolist()
+    assert (
+        model.contexts[0].tolist()
+        == context.tables["valid"][evaluator.parts["valid"].users].tolist()
+    )
     assert ranks.tolist() == [1.0, 1.0, 1.0]
     # test: training items and the validation item excluded, so nothing of the history is above
     model = HistoryScorer(data, "test")
     ranks = evaluator.ranks(model.score_all, "test")
-    assert model.contexts[0].tolist() == context.tables["test"][evaluator.parts["test"].users].tolist()
+    assert (
+        model.contexts[0].tolist() == context.tables["test"][evaluator.parts["test"].users].tolist()
+    )
     assert ranks.tolist() == [0.0, 0.0, 0.0]
     assert sorted(evaluator.parts["test"].users.tolist()) == sorted([alice, bob, carol])
 

@@ -27,7 +27,11 @@ def trained(overrides: list[str]):  # noqa: ANN201
     data = load_data(cfg)
     model = build_model(cfg, data)
     parts = build_task(data, cfg, torch.device("cpu"))
-    fit(model, parts.sampler, FitOptions(loss=cfg.train.loss, epochs=1, lr=0.01, progress=False, seed=0))
+    fit(
+        model,
+        parts.sampler,
+        FitOptions(loss=cfg.train.loss, epochs=1, lr=0.01, progress=False, seed=0),
+    )
     return cfg, model, parts
 
 
@@ -49,8 +53,10 @@ def export_and_check(cfg, model, parts, tmp_path: Path) -> serving.ServingReport
     assert report.file_bytes == report.header_bytes + report.payload_bytes
     assert (tmp_path / serving.WEIGHTS).stat().st_size == report.file_bytes
     # The payload is the formula up to rounding each packed tensor up to whole bytes.
-    assert 0 <= report.payload_bytes - report.formula_bits / 8 < max(report.packed_tensors, 0) + 1e-9 + (
-        1 if report.packed_tensors else 0
+    assert (
+        0
+        <= report.payload_bytes - report.formula_bits / 8
+        < max(report.packed_tensors, 0) + 1e-9 + (1 if report.packed_tensors else 0)
     )
     return report
 

@@ -37,7 +37,8 @@ def test_full_gmf_at_d16_is_a_quarter_of_the_d64_reference() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cls", "knobs"), [(NeuMF, {"mlp_layers": [32, 16, 8]}), (SASRec, {"max_len": 20, "num_blocks": 2})]
+    ("cls", "knobs"),
+    [(NeuMF, {"mlp_layers": [32, 16, 8]}), (SASRec, {"max_len": 20, "num_blocks": 2})],
 )
 def test_reference_is_the_rebuilt_backbone(cls: type, knobs: dict) -> None:
     info = tiny_info(50, 300)

@@ -43,7 +43,9 @@ def reference_negatives(users, items, num_items, batch_users, k, seed):  # noqa:
     u = batch_users.unsqueeze(-1).expand(-1, k)
     neg = torch.randint(1, num_items + 1, u.shape, generator=g)
     while True:
-        bad = torch.tensor([(a, b) in seen for a, b in zip(u.flatten().tolist(), neg.flatten().tolist())])
+        bad = torch.tensor(
+            [(a, b) in seen for a, b in zip(u.flatten().tolist(), neg.flatten().tolist())]
+        )
         bad = bad.view(u.shape)
         if not bad.any():
             return neg
@@ -51,7 +53,9 @@ def reference_negatives(users, items, num_items, batch_users, k, seed):  # noqa:
 
 
 @pytest.mark.parametrize("bitmap", [True, False])
-def test_negative_draws_equal_plain_rejection_sampling(bitmap: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_negative_draws_equal_plain_rejection_sampling(
+    bitmap: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Both lookups (dense bitmap, sorted keys) and re-testing only redrawn pairs give exactly the
     draws of plain rejection sampling from the same generator."""
     if not bitmap:
@@ -88,13 +92,16 @@ def test_bpr_by_hand() -> None:
 
 
 def test_mse_by_hand() -> None:
-    batch = Batch(context=torch.tensor([1, 1]), items=torch.tensor([30, 40]), target=torch.tensor([3.0, 5.0]))
+    batch = Batch(
+        context=torch.tensor([1, 1]), items=torch.tensor([30, 40]), target=torch.tensor([3.0, 5.0])
+    )
     assert mse_loss(Fixed(), batch).item() == pytest.approx((0 + 1) / 2)
 
 
 def test_masked_positions_do_not_count() -> None:
     batch = Batch(
-        context=torch.tensor([1]), items=torch.tensor([[[10, 0], [0, 50]]]),
+        context=torch.tensor([1]),
+        items=torch.tensor([[[10, 0], [0, 50]]]),
         mask=torch.tensor([[True, False]]),
     )
     expected = math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.0))
@@ -128,7 +135,9 @@ def test_early_stopping_restores_best_weights() -> None:
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return {"ndcg_at_10": next(values)}
 
-    options = FitOptions(loss="bce", epochs=6, lr=0.05, patience=2, monitor="ndcg_at_10", progress=False)
+    options = FitOptions(
+        loss="bce", epochs=6, lr=0.05, patience=2, monitor="ndcg_at_10", progress=False
+    )
     result = fit(model, sampler, options, validate=validate)
     assert result.best_epoch == 2 and result.epochs_run == 4 and result.stopped_early
     for key, value in model.state_dict().items():
@@ -177,8 +186,9 @@ def test_full_embedding_gmf_beats_popularity_on_structured_data() -> None:
         pool = np.flatnonzero(groups_i == groups_u[u])
         users += [u] * 10
         items += rng.choice(pool, 10, replace=False).tolist()
-    inter = Interactions(user=np.array(users), item=np.array(items),
-                         timestamp=np.arange(len(users)), name="groups")
+    inter = Interactions(
+        user=np.array(users), item=np.array(items), timestamp=np.arange(len(users)), name="groups"
+    )
     data = prepare(inter, "ranking", seed=0)
     torch.manual_seed(0)
     model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=16)
@@ -226,7 +236,9 @@ def test_sparse_refuses_weight_decay() -> None:
         make_optimizer(model, lr=0.01, weight_decay=0.1, sparse=True)
 
 
-@pytest.mark.parametrize("method", ["hashing", "bloom", "qr", "low_rank", "dpq", "scalar_quant", "cce"])
+@pytest.mark.parametrize(
+    "method", ["hashing", "bloom", "qr", "low_rank", "dpq", "scalar_quant", "cce"]
+)
 def test_sparse_gradients_equal_dense_gradients(method: str) -> None:
     """``train.sparse`` changes how gradients are stored, never their values: for every method with
     gathered tables the sparse gradient, densified, equals the dense one, and only the gathered
@@ -276,7 +288,9 @@ def test_ce_loss_ignores_padded_positions() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler"
+)
 def test_compiled_loss_trains_like_the_eager_one() -> None:
     """train.compile=true changes how the step runs, not what it computes (slow: compiling
     takes tens of seconds on CPU)."""
@@ -285,9 +299,13 @@ def test_compiled_loss_trains_like_the_eager_one() -> None:
     def train_once(compile_loss: bool) -> tuple[list[float], torch.Tensor]:
         torch.manual_seed(0)
         model = GMF(DataInfo.from_prepared(data), functools.partial(FullEmbedding), embedding_dim=8)
-        options = FitOptions(loss="bce", epochs=3, lr=0.05, seed=3, progress=False, compile=compile_loss)
+        options = FitOptions(
+            loss="bce", epochs=3, lr=0.05, seed=3, progress=False, compile=compile_loss
+        )
         result = fit(model, PairSampler(data, 2, 64, torch.device("cpu")), options)
-        return [row["train/loss"] for row in result.history], model.item_embedding.full_table().detach()
+        return [
+            row["train/loss"] for row in result.history
+        ], model.item_embedding.full_table().detach()
 
     eager_losses, eager_table = train_once(False)
     compiled_losses, compiled_table = train_once(True)
@@ -319,8 +337,13 @@ def test_every_task_gives_a_sampler_and_an_evaluator_of_the_contracts(
     from recbench.tasks import build_task
     from tests.conftest import CONF
 
-    tiny = ["dataset.loader.num_users=40", "dataset.loader.num_items=30",
-            "dataset.loader.events_per_user=8", f"eval.negatives_dir={tmp_path}", "eval.num_sampled=5"]
+    tiny = [
+        "dataset.loader.num_users=40",
+        "dataset.loader.num_items=30",
+        "dataset.loader.events_per_user=8",
+        f"eval.negatives_dir={tmp_path}",
+        "eval.num_sampled=5",
+    ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[*tiny, *overrides])
     parts = build_task(load_data(cfg), cfg, torch.device("cpu"))

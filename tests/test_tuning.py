@@ -105,7 +105,10 @@ def test_bad_tuning_configs_are_refused(overrides: list[str], expected: str) -> 
 
 def test_tuned_names() -> None:
     assert tuned_name(composed(["dataset=ml-100k", "model=gmf", "method=dpq"])) == "ml-100k_gmf_dpq"
-    assert tuned_name(composed(["model=dot_bias", "task=ranking"])) == "synthetic_dot_bias_full_ranking"
+    assert (
+        tuned_name(composed(["model=dot_bias", "task=ranking"]))
+        == "synthetic_dot_bias_full_ranking"
+    )
     assert tuned_name(composed(["model=dot_bias"])) == "synthetic_dot_bias_full"
     assert tuned_name(composed(["method=qr", "+method.budget=0.25"])) == "synthetic_gmf_qr_b0.25"
 
@@ -149,7 +152,9 @@ def test_tuning_sweep_never_reads_test_data_and_writes_the_best_trial(tmp_path: 
         rows = list(csv.DictReader(fh))
     assert [r["status"] for r in rows] == ["FINISHED"] * 3
     assert sorted(float(r["objective"]) for r in rows) == pytest.approx(sorted(values))
-    assert {"train.lr", "train.batch_size", "train.num_negatives", "train.weight_decay"} <= set(rows[0])
+    assert {"train.lr", "train.batch_size", "train.num_negatives", "train.weight_decay"} <= set(
+        rows[0]
+    )
 
     # the CLI rewrites the same file from the finished sweep
     again = subprocess.run(
@@ -157,14 +162,19 @@ def test_tuning_sweep_never_reads_test_data_and_writes_the_best_trial(tmp_path: 
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
-    assert yaml.safe_load((tmp_path / "again" / "synthetic_gmf_full.yaml").read_text())["train"] == train
+    assert (
+        yaml.safe_load((tmp_path / "again" / "synthetic_gmf_full.yaml").read_text())["train"]
+        == train
+    )
 
 
 def test_tuning_cli_needs_a_finished_sweep(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "recbench.tuning", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("recbench: error:") and "optimization_results" in proc.stderr
+    assert (
+        proc.stderr.strip().startswith("recbench: error:") and "optimization_results" in proc.stderr
+    )
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "tuned").glob("*.yaml")))
@@ -185,14 +195,23 @@ def test_reports_leave_tuning_trials_out(tmp_path: Path) -> None:
     common = {"status": "FINISHED", "dataset": "toy", "model": "gmf", "method": "full",
               "task": "ranking", "seed": "0", "loss": "bce"}  # fmt: skip
     for folder, stage, metrics in (
-        ("final", "run", {"test/hr_at_10": 0.5, "test/ndcg_at_10": 0.3, "size/fraction_of_full": 1.0}),
+        (
+            "final",
+            "run",
+            {"test/hr_at_10": 0.5, "test/ndcg_at_10": 0.3, "size/fraction_of_full": 1.0},
+        ),
         ("trial", "tune", {"val/hr_at_10": 0.9, "val/ndcg_at_10": 0.8}),
     ):
         (runs / folder).mkdir(parents=True)
         record = {**common, "stage": stage, "config_hash": folder, "metrics": metrics}
         (runs / folder / "metrics.json").write_text(json.dumps(record))
     out = tmp_path / "reports"
-    assert report(["--runs-dir", str(runs), "--out", str(out), "--name", "r", "--no-plots", "--no-mlflow"]) == 0
+    assert (
+        report(
+            ["--runs-dir", str(runs), "--out", str(out), "--name", "r", "--no-plots", "--no-mlflow"]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((out / "r" / "runs.csv").open()))
     assert [r["stage"] for r in rows] == ["run"]
 

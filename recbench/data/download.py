@@ -139,7 +139,9 @@ def _check_members(archive: Archive) -> None:
     for member in archive.members:
         parts = PurePosixPath(member).parts
         if not parts or member.startswith("/") or ".." in parts or "\\" in member:
-            raise ConfigError(f"archive member {member!r} of {archive.url} is not a plain relative path")
+            raise ConfigError(
+                f"archive member {member!r} of {archive.url} is not a plain relative path"
+            )
 
 
 def _make_dir(path: Path) -> None:
@@ -158,7 +160,10 @@ def _download(name: str, archive: Archive, root: Path, timeout: float) -> tuple[
     part = Path(tmp)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(archive.url, timeout=timeout) as src:
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(archive.url, timeout=timeout) as src,
+        ):
             for block in iter(lambda: src.read(_CHUNK), b""):
                 digest.update(block)
                 out.write(block)

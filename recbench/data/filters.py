@@ -131,7 +131,9 @@ def deduplicate(inter: Interactions, policy: str) -> tuple[Interactions, str | N
             f"{inter.user[first]} and item {inter.item[first]}); set dataset.duplicates=last (keep "
             "the latest), first, or keep"
         )
-    drop = frame.duplicated(["user", "item"], keep="first" if policy == "first" else "last").to_numpy()
+    drop = frame.duplicated(
+        ["user", "item"], keep="first" if policy == "first" else "last"
+    ).to_numpy()
     keep = np.ones(len(inter), dtype=bool)
     keep[order[drop]] = False
     word = "earliest" if policy == "first" else "latest"

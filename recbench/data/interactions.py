@@ -61,7 +61,11 @@ class Interactions:
 
     def __post_init__(self) -> None:
         n = len(self.user)
-        for label, arr in (("item", self.item), ("rating", self.rating), ("timestamp", self.timestamp)):
+        for label, arr in (
+            ("item", self.item),
+            ("rating", self.rating),
+            ("timestamp", self.timestamp),
+        ):
             if arr is not None and len(arr) != n:
                 raise ValueError(f"{label} has {len(arr)} entries but user has {n}")
 

@@ -152,7 +152,9 @@ def read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from exc
+        raise DataError(
+            f"cannot read {path}: {exc.strerror or exc}; check its permissions"
+        ) from exc
 
 
 def _show(text: str, limit: int = 60) -> str:
@@ -299,7 +301,11 @@ def load_ml_latest_small_genres(root: str | Path, download: bool = False) -> dic
         raise DataError(f"{path} is empty; expected the header 'movieId,title,genres' and movies")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
-    if header is None or [h.strip().lstrip("\ufeff") for h in header] != ["movieId", "title", "genres"]:
+    if header is None or [h.strip().lstrip("\ufeff") for h in header] != [
+        "movieId",
+        "title",
+        "genres",
+    ]:
         raise DataError(f"{path} line 1: expected the header 'movieId,title,genres', got {header}")
     genres: dict[int, list[str]] = {}
     for row in reader:

@@ -180,6 +180,8 @@ def prepare(
         train=encode(train_raw),
         valid=encode(inter.subset(split.valid)),
         test=encode(inter.subset(split.test)),
-        rating_range=None if rating_range is None else (float(rating_range[0]), float(rating_range[1])),
+        rating_range=None
+        if rating_range is None
+        else (float(rating_range[0]), float(rating_range[1])),
         notes=notes,
     )

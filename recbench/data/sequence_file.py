@@ -24,7 +24,9 @@ def load_sequence_file(path: str | Path, name: str | None = None) -> Interaction
     """Read ``path``; ``name`` (default: the file's stem) labels the dataset in messages."""
     path = Path(path).expanduser().absolute()
     if path.is_dir():
-        raise DataError(f"sequence file {path} is a folder, not a file; put the SASRec-format file there")
+        raise DataError(
+            f"sequence file {path} is a folder, not a file; put the SASRec-format file there"
+        )
     if not path.is_file():
         raise DataError(
             f"sequence file not found: {path}; put the SASRec-format file there (one 'user item' "
@@ -34,7 +36,9 @@ def load_sequence_file(path: str | Path, name: str | None = None) -> Interaction
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from exc
+        raise DataError(
+            f"cannot read {path}: {exc.strerror or exc}; check its permissions"
+        ) from exc
     if not data.strip():
         raise DataError(f"{path} is empty; expected {_EXPECTED} per line")
     columns = _parse_fast(data)

@@ -142,8 +142,12 @@ def _popularity(rng: np.random.Generator, num_items: int, exponent: float) -> np
 
 
 def _transitions(
-    rng: np.random.Generator, log_pop: np.ndarray, item_f: np.ndarray, affinity_scale: float,
-    k: int, chunk: int = 1024,
+    rng: np.random.Generator,
+    log_pop: np.ndarray,
+    item_f: np.ndarray,
+    affinity_scale: float,
+    k: int,
+    chunk: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``k`` distinct successors per item (never itself) and their weights, drawn with log-weight
     ``log_pop(j) + 2 * affinity_scale * cos(V_i, V_j)`` (``log_pop`` already scaled by

@@ -423,4 +423,3 @@ class BudgetedFactory:
         knobs = dict(getattr(self.factory, "keywords", {}) or {})
         solved = cls.solve_budget(self.budget, num_embeddings - 1, embedding_dim, counts, **knobs)
         return cls(num_embeddings, embedding_dim, counts=counts, **solved)
-

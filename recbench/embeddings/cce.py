@@ -104,7 +104,9 @@ def nearest(points: Tensor, centroids: Tensor) -> Tensor:
 class CCEKnobs(Knobs):
     num_columns: int = 4  # c, divides d
     num_rows: int | None = None  # k rows per table; when set it overrides compression_ratio
-    compression_ratio: float | None = 0.125  # k = floor(compression_ratio * n) when num_rows is null
+    compression_ratio: float | None = (
+        0.125  # k = floor(compression_ratio * n) when num_rows is null
+    )
     num_clusterings: int = 3  # k-means re-clusterings (0: the hashed tables only)
     cluster_every: int = 1  # epochs between clusterings
     kmeans_iters: int = 20
@@ -114,14 +116,21 @@ class CCEKnobs(Knobs):
 
     def validate(self, embedding_dim: int) -> None:
         columns = self.num_columns
-        if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1 or embedding_dim % columns:
+        if (
+            isinstance(columns, bool)
+            or not isinstance(columns, int)
+            or columns < 1
+            or embedding_dim % columns
+        ):
             divisors = [k for k in range(1, embedding_dim + 1) if embedding_dim % k == 0]
             raise ConfigError(
                 f"method.num_columns={columns} must divide embedding_dim={embedding_dim}; use one of "
                 f"{', '.join(map(str, divisors))}"
             )
         rows = self.num_rows
-        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or not 2 <= rows <= 2**32):
+        if rows is not None and (
+            isinstance(rows, bool) or not isinstance(rows, int) or not 2 <= rows <= 2**32
+        ):
             raise ConfigError(f"method.num_rows={rows} must be an integer in 2..2^32 (or null)")
         ratio = self.compression_ratio
         if rows is None and (ratio is None or not isinstance(ratio, int | float) or ratio <= 0):
@@ -132,7 +141,9 @@ class CCEKnobs(Knobs):
         for name, low in (("num_clusterings", 0), ("cluster_every", 1), ("kmeans_iters", 1)):
             value, default = getattr(self, name), getattr(type(self), name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"method.{name}={value} must be an integer >= {low}, e.g. {default}")
+                raise ConfigError(
+                    f"method.{name}={value} must be an integer >= {low}, e.g. {default}"
+                )
         check_hash_knobs(self.hash_family, self.hash_seed)
         init_std = self.init_std
         if not isinstance(init_std, int | float) or init_std <= 0:
@@ -167,10 +178,12 @@ class CCEmbedding(CompressedEmbedding):
         self.hashed_table = nn.Parameter(torch.randn(shape) * self.init_std)  # B_i
         self.register_buffer("rounds", torch.zeros(self.num_columns, dtype=torch.int64))
         self.register_buffer(
-            "pointers", self._hashed_pointers(0, [0] * self.num_columns)  # p_i
+            "pointers",
+            self._hashed_pointers(0, [0] * self.num_columns),  # p_i
         )
         self.register_buffer(
-            "hashed_pointers", self._hashed_pointers(1, [0] * self.num_columns)  # q_i
+            "hashed_pointers",
+            self._hashed_pointers(1, [0] * self.num_columns),  # q_i
         )
         offsets = torch.arange(self.num_columns, dtype=torch.int64) * self.num_rows
         self.register_buffer("offsets", offsets, persistent=False)
@@ -197,8 +210,9 @@ class CCEmbedding(CompressedEmbedding):
         return int((self.rounds > 0).sum())
 
     def serving_bits(self) -> int:
-        return 64 * self.num_rows * self.embedding_dim + self.clustered_columns() * self.num_ids * code_bits(
-            self.num_rows
+        return (
+            64 * self.num_rows * self.embedding_dim
+            + self.clustered_columns() * self.num_ids * code_bits(self.num_rows)
         )
 
     def serving_meta(self) -> dict[str, Any]:
@@ -257,7 +271,9 @@ class CCEmbedding(CompressedEmbedding):
         for column in range(self.num_columns):
             round_ = int(self.rounds[column])
             seed = derived_seed(self.hash_seed, 2, column, round_, self.num_columns)
-            centroids, assignment = kmeans(current[:, column], self.num_rows, self.kmeans_iters, seed)
+            centroids, assignment = kmeans(
+                current[:, column], self.num_rows, self.kmeans_iters, seed
+            )
             rows = slice(column * self.num_rows, (column + 1) * self.num_rows)
             self.clustered_table[rows] = centroids.to(self.clustered_table.dtype)
             self.pointers[1:, column] = assignment
@@ -278,7 +294,9 @@ class CCEmbedding(CompressedEmbedding):
         """Choose ``num_rows`` ``k``: the largest (at most ``n``) with
         ``64*k*d + c*n*ceil(log2 k) <= budget * 32*n*d``, counting the stored assignments of every
         column whenever ``num_clusterings >= 1`` (the size after the first clustering)."""
-        given = cls.check_knobs(embedding_dim, **{**knobs, "num_rows": None, "compression_ratio": 1.0})
+        given = cls.check_knobs(
+            embedding_dim, **{**knobs, "num_rows": None, "compression_ratio": 1.0}
+        )
         n, d = int(num_ids), int(embedding_dim)
         columns = int(given.num_columns) if int(given.num_clusterings) > 0 else 0
         limit = budget * 32 * n * d
@@ -305,15 +323,22 @@ class CCEmbedding(CompressedEmbedding):
 
 
 def hashed_pointers(
-    num_embeddings: int, columns: int, rows: int, family: str, seed: int, kind: int, rounds: list[int]
+    num_embeddings: int,
+    columns: int,
+    rows: int,
+    family: str,
+    seed: int,
+    kind: int,
+    rounds: list[int],
 ) -> Tensor:
     """``(num_embeddings, columns)`` hashed rows in ``0..rows-1`` of every id (row 0 = padding: 0)
     for hash function ``kind`` of each column after ``rounds[column]`` clusterings."""
     return torch.cat(
         [
-            bucket_mapping(num_embeddings, family, [derived_seed(seed, kind, c, rounds[c], columns)], rows)
+            bucket_mapping(
+                num_embeddings, family, [derived_seed(seed, kind, c, rounds[c], columns)], rows
+            )
             for c in range(columns)
         ],
         dim=1,
     )
-

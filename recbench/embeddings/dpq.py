@@ -86,7 +86,9 @@ class DPQEmbedding(VQEmbedding):
         self.num_subspaces = int(num_subspaces)
         self.num_centroids = int(num_centroids)
         self.subspace_dim = self.embedding_dim // self.num_subspaces
-        self.centroids = self._centroids_init(self.num_subspaces, self.num_centroids, self.subspace_dim)
+        self.centroids = self._centroids_init(
+            self.num_subspaces, self.num_centroids, self.subspace_dim
+        )
 
     # ------------------------------------------------------------------ knobs
     @classmethod
@@ -154,7 +156,9 @@ class DPQEmbedding(VQEmbedding):
     def codes_from_serving(cls, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Tensor:
         """Codes of ids 1..n as an ``(n, D)`` int64 matrix, for comparing items by codes."""
         n, num_subspaces = int(meta["num_embeddings"]) - 1, int(meta["num_subspaces"])
-        codes = unpack_bits(tensors["codes"], code_bits(int(meta["num_centroids"])), n * num_subspaces)
+        codes = unpack_bits(
+            tensors["codes"], code_bits(int(meta["num_centroids"])), n * num_subspaces
+        )
         return codes.view(n, num_subspaces).to(torch.int64)
 
     # ------------------------------------------------------------ equal memory

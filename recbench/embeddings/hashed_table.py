@@ -77,7 +77,9 @@ class HashedTableEmbedding(CompressedEmbedding):
         **knobs: Any,
     ) -> None:
         super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
-        self.num_buckets = resolve_num_buckets(self.num_buckets, self.compression_ratio, self.num_ids)
+        self.num_buckets = resolve_num_buckets(
+            self.num_buckets, self.compression_ratio, self.num_ids
+        )
         self.num_hashes = self.given_knobs.hash_count()
         self.weight = nn.Parameter(
             torch.randn(self.num_buckets, self.embedding_dim) * self.init_std

@@ -123,7 +123,9 @@ class LearnedQuantEmbedding(CompressedEmbedding):
     ) -> None:
         super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.q_n, self.q_p = levels(self.bits)
-        self.weight = nn.Parameter(torch.randn(self.num_embeddings, self.embedding_dim) * self.init_std)
+        self.weight = nn.Parameter(
+            torch.randn(self.num_embeddings, self.embedding_dim) * self.init_std
+        )
         with torch.no_grad():
             self.weight[0].zero_()
         real = self.weight.detach()[1:]
@@ -219,7 +221,9 @@ class LearnedQuantEmbedding(CompressedEmbedding):
         n, d = int(num_ids), int(embedding_dim)
         overhead = 32 * (n if granularity == "row" else d)
         full = 32 * n * d
-        fitting = [b for b in range(MIN_BITS, MAX_BITS + 1) if b * n * d + overhead <= budget * full]
+        fitting = [
+            b for b in range(MIN_BITS, MAX_BITS + 1) if b * n * d + overhead <= budget * full
+        ]
         if not fitting:
             smallest = (MIN_BITS * n * d + overhead) / full
             raise ConfigError(

@@ -69,7 +69,9 @@ def resolve_tiers(num_ids: int, tier_fractions: Any = None, tier_sizes: Any = No
                 "ids; use method.tier_fractions (applies to every layer) or sizes that sum to it"
             )
         return sizes
-    fractions = [float(f) for f in (DEFAULT_FRACTIONS if tier_fractions is None else tier_fractions)]
+    fractions = [
+        float(f) for f in (DEFAULT_FRACTIONS if tier_fractions is None else tier_fractions)
+    ]
     ends, cumulative = [], 0.0
     for fraction in fractions[:-1]:
         cumulative += fraction
@@ -79,7 +81,9 @@ def resolve_tiers(num_ids: int, tier_fractions: Any = None, tier_sizes: Any = No
     return [end - start for start, end in zip(starts, ends)]
 
 
-def tier_lists(num_tiers: int, num_centroids: Any, num_subspaces: Any) -> tuple[list[int], list[int]]:
+def tier_lists(
+    num_tiers: int, num_centroids: Any, num_subspaces: Any
+) -> tuple[list[int], list[int]]:
     """Per-tier ``K_i`` and ``D_i`` from scalars or lists (a scalar applies to every tier)."""
     ks = as_list(num_centroids)
     ks = [num_centroids] * num_tiers if ks is None else ks
@@ -140,9 +144,7 @@ class MGQEmbedding(VQEmbedding):
             init_std=init_std,
         )  # fmt: skip
         self.variant = str(variant)
-        self.tier_fractions = (
-            None if tier_fractions is None else [float(f) for f in tier_fractions]
-        )
+        self.tier_fractions = None if tier_fractions is None else [float(f) for f in tier_fractions]
         self.tier_sizes = resolve_tiers(self.num_ids, tier_fractions, tier_sizes)
         self.num_tiers = len(self.tier_sizes)
         ks, ds = tier_lists(self.num_tiers, num_centroids, num_subspaces)
@@ -182,7 +184,9 @@ class MGQEmbedding(VQEmbedding):
         sizes = knobs.get("tier_sizes")
         if sizes is not None:
             values = as_list(sizes)
-            if not values or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values):
+            if not values or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values
+            ):
                 raise ConfigError(
                     f"method.tier_sizes={sizes} must be a list of non-negative ints (head first); "
                     "use e.g. [600, 5440] or set it to null and use method.tier_fractions"
@@ -193,7 +197,9 @@ class MGQEmbedding(VQEmbedding):
             values = as_list(fractions) if fractions is not None else list(DEFAULT_FRACTIONS)
             if (
                 not values
-                or any(isinstance(f, bool) or not isinstance(f, int | float) or f <= 0 for f in values)
+                or any(
+                    isinstance(f, bool) or not isinstance(f, int | float) or f <= 0 for f in values
+                )
                 or abs(sum(values) - 1.0) > 1e-6
             ):
                 raise ConfigError(
@@ -274,7 +280,9 @@ class MGQEmbedding(VQEmbedding):
                 continue
             piece = slice(bounds[tier], bounds[tier + 1])
             centroids = self.tier_centroids(tier)
-            queries = self._query_rows(unique[piece]).view(-1, centroids.shape[0], centroids.shape[2])
+            queries = self._query_rows(unique[piece]).view(
+                -1, centroids.shape[0], centroids.shape[2]
+            )
             if known is None:
                 codes, chosen = nearest_centroids(queries, centroids)
             else:
@@ -299,7 +307,9 @@ class MGQEmbedding(VQEmbedding):
                 continue
             piece = slice(bounds[tier] - bounds[0], bounds[tier + 1] - bounds[0])
             if known is None:
-                tier_codes, tier_chosen = nearest_centroids(queries[piece], self.tier_centroids(tier))
+                tier_codes, tier_chosen = nearest_centroids(
+                    queries[piece], self.tier_centroids(tier)
+                )
                 chosen.append(tier_chosen)
             else:
                 tier_codes = known[tier][real[piece] - self.tier_starts[tier]]
@@ -319,7 +329,11 @@ class MGQEmbedding(VQEmbedding):
 
     def serving_bits(self) -> int:
         return mgqe_serving_bits(
-            self.variant, self.tier_sizes, self.num_centroids, self.num_subspaces, self.embedding_dim
+            self.variant,
+            self.tier_sizes,
+            self.num_centroids,
+            self.num_subspaces,
+            self.embedding_dim,
         )
 
     def serving_tensors(self) -> dict[str, Tensor]:
@@ -410,9 +424,7 @@ class MGQEmbedding(VQEmbedding):
         def scaled(head: int) -> list[int]:
             if variant != "unshared_d":
                 return [head] * len(ds)
-            return [
-                next((q for q in divisors if q <= max(1.0, head * dd / top)), 1) for dd in ds
-            ]
+            return [next((q for q in divisors if q <= max(1.0, head * dd / top)), 1) for dd in ds]
 
         full = 32 * n * d
         for head in divisors:

@@ -151,7 +151,9 @@ class PEPEmbedding(CompressedEmbedding):
         }[self.granularity]
         self.threshold = nn.Parameter(torch.full(shape, self.threshold_init))
         self.register_buffer("initial", weight.clone())  # the lottery-ticket rewind point
-        self.register_buffer("mask", torch.ones(self.num_embeddings, self.embedding_dim, dtype=torch.bool))
+        self.register_buffer(
+            "mask", torch.ones(self.num_embeddings, self.embedding_dim, dtype=torch.bool)
+        )
         self.register_buffer("retraining", torch.zeros((), dtype=torch.bool))
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: Tensor | None = None
@@ -161,7 +163,11 @@ class PEPEmbedding(CompressedEmbedding):
         """Thresholds broadcastable to the rows of ``ids`` (None = every id)."""
         if self.granularity in ("feature", "feature_dimension"):
             # a row gather (embedding backward), much cheaper than advanced indexing's index_put
-            return self.threshold if ids is None else torch.nn.functional.embedding(ids, self.threshold)
+            return (
+                self.threshold
+                if ids is None
+                else torch.nn.functional.embedding(ids, self.threshold)
+            )
         return self.threshold
 
     def _pruned_rows(self, ids: Tensor | None) -> Tensor:
@@ -211,7 +217,10 @@ class PEPEmbedding(CompressedEmbedding):
                 return []
             log.info(
                 "PEP: search ends after epoch %d at learned sparsity %.4f (target %s); mask frozen, "
-                "%s", epoch, 1 - learned / soft.numel(), self.target_sparsity,
+                "%s",
+                epoch,
+                1 - learned / soft.numel(),
+                self.target_sparsity,
                 "weights rewound to their initial values" if self.rewind else "weights kept",
             )
             self.mask.copy_(self._served() != 0)
@@ -295,4 +304,6 @@ class PEPEmbedding(CompressedEmbedding):
 
 
 def _parts(tensors: Mapping[str, Tensor], prefix: str) -> list[Tensor]:
-    return [tensors[f"{prefix}_{i}"] for i in range(sum(k.startswith(prefix + "_") for k in tensors))]
+    return [
+        tensors[f"{prefix}_{i}"] for i in range(sum(k.startswith(prefix + "_") for k in tensors))
+    ]

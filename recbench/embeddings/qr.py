@@ -43,7 +43,9 @@ def qr_bits(num_ids: int, embedding_dim: int, num_buckets: int, combiner: str) -
 @dataclass(frozen=True)
 class QRKnobs(Knobs):
     num_buckets: int | None = None  # remainder rows m; when set it overrides compression_ratio
-    compression_ratio: float | None = 0.02  # m = floor(compression_ratio * n) when num_buckets is null
+    compression_ratio: float | None = (
+        0.02  # m = floor(compression_ratio * n) when num_buckets is null
+    )
     combiner: str = "mult"  # mult, add or concat
     init_std: float = 0.01
 
@@ -89,7 +91,9 @@ class QuotientRemainderEmbedding(CompressedEmbedding):
         **knobs: Any,
     ) -> None:
         super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
-        self.num_buckets = resolve_num_buckets(self.num_buckets, self.compression_ratio, self.num_ids)
+        self.num_buckets = resolve_num_buckets(
+            self.num_buckets, self.compression_ratio, self.num_ids
+        )
         d1, d2 = qr_split_dims(self.embedding_dim, self.combiner)
         num_quotients = -(-self.num_ids // self.num_buckets)
         q_mean, std = 0.0, self.init_std

@@ -58,7 +58,9 @@ def robe_lookup(
 @dataclass(frozen=True)
 class ROBEKnobs(Knobs):
     array_size: int | None = None  # m floats; when set it overrides compression_ratio
-    compression_ratio: float | None = 0.25  # m = floor(compression_ratio * n * d) when array_size is null
+    compression_ratio: float | None = (
+        0.25  # m = floor(compression_ratio * n * d) when array_size is null
+    )
     block_size: int = 32  # Z, at most d
     sign_hash: bool = False
     hash_seed: int = 0

@@ -171,7 +171,10 @@ class _ScalarGrid(NamedTuple):
                 order = by_value.index_select(0, by_cell)
             else:  # one stable sort of (cell, value) packed into an int64
                 order = (shared_cells.to(torch.int64) << 32 | key).argsort(stable=True)
-            shared, shared_cells = shared.index_select(0, order), shared_cells.index_select(0, order)
+            shared, shared_cells = (
+                shared.index_select(0, order),
+                shared_cells.index_select(0, order),
+            )
             rank = torch.arange(len(shared), device=device)
             new_cell = torch.ones_like(shared, dtype=torch.bool)
             new_cell[1:] = shared_cells[1:] != shared_cells[:-1]
@@ -227,7 +230,9 @@ class _ScalarGrid(NamedTuple):
         exact32 = q.dtype == torch.float32
         upper = torch.index_select(self.values, 0, index, out=scratch)
         upper = torch.sub(q, upper, out=upper).square_()
-        lower = torch.index_select(self.below, 0, index, out=cell.view(q.dtype)) if exact32 else None
+        lower = (
+            torch.index_select(self.below, 0, index, out=cell.view(q.dtype)) if exact32 else None
+        )
         lower = (q - self.below.index_select(0, index)) if lower is None else lower.neg_().add_(q)
         lower.square_()
         ints = torch.int32 if exact32 else torch.int64
@@ -274,7 +279,9 @@ def _nearest_1d_searchsorted(queries: Tensor, centroids: Tensor) -> Tensor:
     dist_upper = (q - values.gather(1, upper)).pow(2)
     dist_lower = (q - values.gather(1, lower)).pow(2)
     index_upper, index_lower = order.gather(1, upper), order.gather(1, lower)
-    take_lower = (dist_lower < dist_upper) | ((dist_lower == dist_upper) & (index_lower < index_upper))
+    take_lower = (dist_lower < dist_upper) | (
+        (dist_lower == dist_upper) & (index_lower < index_upper)
+    )
     return torch.where(take_lower, index_lower, index_upper).transpose(0, 1)
 
 
@@ -297,7 +304,9 @@ def flat_codes(codes: Tensor, num_centroids: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- straight-through
-def vq_aux_sum(queries: Tensor, chosen: Tensor, beta: float, weights: Tensor | None = None) -> Tensor:
+def vq_aux_sum(
+    queries: Tensor, chosen: Tensor, beta: float, weights: Tensor | None = None
+) -> Tensor:
     """Sum over coordinates of ``(c - sg(q))^2 + beta * (sg(c) - q)^2`` (codebook + commitment),
     written with autograd: the reference the fused functions are tested against.
 

@@ -40,7 +40,11 @@ class Batch:
     def num_samples(self) -> int:
         """Scored (context, item) pairs in this batch, positives and negatives alike."""
         per = self.items.shape[-1] + (0 if self.candidates is None else self.candidates.numel())
-        n = self.items.numel() // max(self.items.shape[-1], 1) if self.mask is None else int(self.mask.sum())
+        n = (
+            self.items.numel() // max(self.items.shape[-1], 1)
+            if self.mask is None
+            else int(self.mask.sum())
+        )
         return n * per
 
 

@@ -16,7 +16,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+        raise ConfigError(
+            "train.device=cuda but no CUDA device is visible; use train.device=cpu or auto"
+        )
     if name != "cpu" and not name.startswith("cuda"):
         raise ConfigError(f"train.device={name!r} is unknown; use auto, cpu or cuda")
     return torch.device(name)

@@ -164,7 +164,9 @@ def _train(
         started = time.perf_counter()
         total = torch.zeros((), device=device)
         steps = 0
-        for batch in batch_progress(sampler.epoch(generator), len(sampler), epoch, epochs, progress):
+        for batch in batch_progress(
+            sampler.epoch(generator), len(sampler), epoch, epochs, progress
+        ):
             total += train_step(model, batch, loss_fn, optimizer)
             steps += 1
             samples += batch.num_samples
@@ -182,7 +184,9 @@ def _train(
         history.append(row)
         if on_epoch is not None:
             on_epoch(epoch, row)
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+        log.info(
+            "epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
+        )
 
         if monitor is None or validate is None:
             best_epoch = epoch
@@ -191,7 +195,9 @@ def _train(
         if is_improvement(value, best_value, monitor):
             best_value, best_epoch, bad_epochs = value, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-            bar.set_postfix_str(f"best {monitor}={value:.4f} at epoch {epoch}")  # the log has the rest
+            bar.set_postfix_str(
+                f"best {monitor}={value:.4f} at epoch {epoch}"
+            )  # the log has the rest
         else:
             bad_epochs += 1
             if options.patience and bad_epochs >= options.patience and epoch >= options.min_epochs:

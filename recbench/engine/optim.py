@@ -36,7 +36,9 @@ def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     tables, projections, centroids and MLPs stay dense."""
     from recbench.embeddings.base import embedding_layers
 
-    return [t for layer in embedding_layers(model).values() for t in layer.enable_sparse_gradients(True)]
+    return [
+        t for layer in embedding_layers(model).values() for t in layer.enable_sparse_gradients(True)
+    ]
 
 
 def make_optimizer(

@@ -38,7 +38,9 @@ class GMF(Recommender):
         self.output = nn.Linear(embedding_dim, 1)
         # NCF initialises the output layer with LeCun-uniform weights; a unit-scale start keeps
         # early logits comparable to the embeddings' products.
-        nn.init.uniform_(self.output.weight, -(3 / embedding_dim) ** 0.5, (3 / embedding_dim) ** 0.5)
+        nn.init.uniform_(
+            self.output.weight, -((3 / embedding_dim) ** 0.5), (3 / embedding_dim) ** 0.5
+        )
         nn.init.zeros_(self.output.bias)
 
     def score(self, context: Tensor, items: Tensor) -> Tensor:

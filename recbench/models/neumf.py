@@ -62,10 +62,18 @@ class NeuMF(Recommender):
         self.score_chunk = int(score_chunk)
         user_embedding = user_embedding or item_embedding
         d = self.embedding_dim
-        self.gmf_user_embedding = self.make_embedding(user_embedding, info.num_users, d, info.user_counts)
-        self.gmf_item_embedding = self.make_embedding(item_embedding, info.num_items, d, info.item_counts)
-        self.mlp_user_embedding = self.make_embedding(user_embedding, info.num_users, d, info.user_counts)
-        self.mlp_item_embedding = self.make_embedding(item_embedding, info.num_items, d, info.item_counts)
+        self.gmf_user_embedding = self.make_embedding(
+            user_embedding, info.num_users, d, info.user_counts
+        )
+        self.gmf_item_embedding = self.make_embedding(
+            item_embedding, info.num_items, d, info.item_counts
+        )
+        self.mlp_user_embedding = self.make_embedding(
+            user_embedding, info.num_users, d, info.user_counts
+        )
+        self.mlp_item_embedding = self.make_embedding(
+            item_embedding, info.num_items, d, info.item_counts
+        )
 
         # First tower layer, split into its user and item halves (same function as one Linear on the
         # concatenation [p'_u ; q'_i]; the split lets score_all reuse the item half for every user).

@@ -129,7 +129,9 @@ class SASRec(Recommender):
         self.embedding_dim = int(embedding_dim)
         self.max_len = int(max_len)
         d = self.embedding_dim
-        self.item_embedding = self.make_embedding(item_embedding, info.num_items, d, info.item_counts)
+        self.item_embedding = self.make_embedding(
+            item_embedding, info.num_items, d, info.item_counts
+        )
         self.position_embedding = nn.Embedding(self.max_len + 1, d, padding_idx=0)
         self.input_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -171,7 +173,9 @@ class SASRec(Recommender):
         """Hidden state ``(B, L, d)`` after each position of the left-padded sequences ``context``;
         rows at padding positions are zero."""
         if context.dim() != 2:
-            raise ValueError(f"SASRec expects item sequences shaped (B, L); got {tuple(context.shape)}")
+            raise ValueError(
+                f"SASRec expects item sequences shaped (B, L); got {tuple(context.shape)}"
+            )
         if context.shape[1] > self.max_len:
             context = context[:, -self.max_len :]
         length = context.shape[1]

@@ -49,7 +49,9 @@ def _resolved(cfg: dict[str, str] | None) -> bool:
     return cfg is not None and not any(UNRESOLVED in v and v != FOLLOWS_SEED for v in cfg.values())
 
 
-def hash_seed_choices(cfgs: Sequence[dict[str, str]], seeds: Sequence[str]) -> list[list[dict[str, str]]]:
+def hash_seed_choices(
+    cfgs: Sequence[dict[str, str]], seeds: Sequence[str]
+) -> list[list[dict[str, str]]]:
     """For runs that agree on everything but seed and hash_seed: each run's cell config(s), with
     every ``*.hash_seed`` either ``FOLLOWS_SEED`` or its fixed value (see the module docstring)."""
     out = [[dict(c)] for c in cfgs]
@@ -64,7 +66,9 @@ def hash_seed_choices(cfgs: Sequence[dict[str, str]], seeds: Sequence[str]) -> l
                 choices.append([None])
             elif not fixed:  # every run's hash_seed is its seed
                 choices.append([FOLLOWS_SEED])
-            elif len({x for x, _ in known}) == 1 or v != s:  # one fixed value, or fixed for this run
+            elif (
+                len({x for x, _ in known}) == 1 or v != s
+            ):  # one fixed value, or fixed for this run
                 choices.append([v])
             elif s in fixed:  # e.g. seed 0, hash_seed 0: a member of the fixed cell, maybe both
                 choices.append([v, FOLLOWS_SEED] if followers else [v])
@@ -105,7 +109,8 @@ def _where(labels: dict[str, str]) -> str:
     extras += [f"loss={labels['loss']}"] if labels.get("loss") else []
     protocol = labels.get("eval_protocol", "")
     return (
-        labels.get("dataset", "") + (f" ({protocol})" if protocol and protocol != "full" else "")
+        labels.get("dataset", "")
+        + (f" ({protocol})" if protocol and protocol != "full" else "")
         + f" / {labels.get('model', '')} / {labels.get('method', '')}"
         + (f" ({', '.join(extras)})" if extras else "")
     )
@@ -143,7 +148,11 @@ def assign_cells(runs: pd.DataFrame, label_keys: Sequence[str]) -> tuple[pd.Data
     cfgs = [parse_config(t) for t in config_col]
     hint_col = frame["config_hint"] if "config_hint" in frame else pd.Series("", index=frame.index)
     hints = [parse_config(t) for t in hint_col]  # shown, never used as a key
-    tags = frame["cell_hash"].fillna("").astype(str) if "cell_hash" in frame else pd.Series("", index=frame.index)
+    tags = (
+        frame["cell_hash"].fillna("").astype(str)
+        if "cell_hash" in frame
+        else pd.Series("", index=frame.index)
+    )
     seeds = frame["seed"].fillna("").astype(str)
 
     members: list[tuple[int, dict[str, str] | None, str]] = []  # (row, final config, cell)
@@ -153,7 +162,11 @@ def assign_cells(runs: pd.DataFrame, label_keys: Sequence[str]) -> tuple[pd.Data
         i: digest({k: v for k, v in cfgs[i].items() if not is_hash_seed(k)}) for i in resolved_rows
     }
     if resolved_rows:
-        sub = frame.loc[resolved_rows, label_keys].astype(str).assign(_base=[base[i] for i in resolved_rows])
+        sub = (
+            frame.loc[resolved_rows, label_keys]
+            .astype(str)
+            .assign(_base=[base[i] for i in resolved_rows])
+        )
         for _, idx in sub.groupby([*label_keys, "_base"], sort=False).groups.items():
             idx = list(idx)
             finals = hash_seed_choices([cfgs[i] for i in idx], [seeds[i] for i in idx])

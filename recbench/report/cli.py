@@ -53,39 +53,89 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--uri", default=None,
-                        help=f"MLflow tracking URI to read (default {DEFAULT_URI})")
-    parser.add_argument("--experiment", nargs="+", action="extend", default=[], metavar="NAME",
-                        help="MLflow experiment(s) to read (default: all but the reports'); with "
-                             "--runs-dir, the runs' `experiment` (preset) tag")
-    parser.add_argument("--filter", default="", metavar="EXPR",
-                        help="MLflow search filter, e.g. \"tags.model = 'gmf'\"")
-    parser.add_argument("--include-tuning", action="store_true",
-                        help="keep tuning trials (tag stage=tune, no test metrics); left out by default")
-    parser.add_argument("--runs-dir", default=None, metavar="DIR",
-                        help="read run folders (metrics.json) under DIR instead of MLflow")
-    parser.add_argument("--name", default=None,
-                        help="report name: the folder under --out and the MLflow run "
-                             "report-NAME (default: the experiments' names, or 'all')")
-    parser.add_argument("--out", default="outputs/reports", metavar="DIR",
-                        help="where report folders go (default outputs/reports)")
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, metavar="FRACTION",
-                        help="non-inferiority margin of the `*` mark ('reaches full'), as a "
-                             f"fraction of the full model's mean (default {DEFAULT_MARGIN:g})")
-    parser.add_argument("--reference-free", default="", metavar="KEY,...",
-                        help="config keys or prefixes a compressed cell may differ in from the full "
-                             "model it is compared with, for methods tuned on their own, e.g. "
-                             "--reference-free train (default: none; identical settings)")
+    parser.add_argument(
+        "--uri", default=None, help=f"MLflow tracking URI to read (default {DEFAULT_URI})"
+    )
+    parser.add_argument(
+        "--experiment",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME",
+        help="MLflow experiment(s) to read (default: all but the reports'); with "
+        "--runs-dir, the runs' `experiment` (preset) tag",
+    )
+    parser.add_argument(
+        "--filter",
+        default="",
+        metavar="EXPR",
+        help="MLflow search filter, e.g. \"tags.model = 'gmf'\"",
+    )
+    parser.add_argument(
+        "--include-tuning",
+        action="store_true",
+        help="keep tuning trials (tag stage=tune, no test metrics); left out by default",
+    )
+    parser.add_argument(
+        "--runs-dir",
+        default=None,
+        metavar="DIR",
+        help="read run folders (metrics.json) under DIR instead of MLflow",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="report name: the folder under --out and the MLflow run "
+        "report-NAME (default: the experiments' names, or 'all')",
+    )
+    parser.add_argument(
+        "--out",
+        default="outputs/reports",
+        metavar="DIR",
+        help="where report folders go (default outputs/reports)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        metavar="FRACTION",
+        help="non-inferiority margin of the `*` mark ('reaches full'), as a "
+        f"fraction of the full model's mean (default {DEFAULT_MARGIN:g})",
+    )
+    parser.add_argument(
+        "--reference-free",
+        default="",
+        metavar="KEY,...",
+        help="config keys or prefixes a compressed cell may differ in from the full "
+        "model it is compared with, for methods tuned on their own, e.g. "
+        "--reference-free train (default: none; identical settings)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
-    parser.add_argument("--no-mlflow", action="store_true",
-                        help=f"do not log the report to the MLflow experiment '{REPORT_EXPERIMENT}'")
-    parser.add_argument("--popularity", default=None, metavar="DATASET",
-                        help="also plot the item popularity of a dataset config (conf/dataset/)")
-    parser.add_argument("--code-categories", default=None, metavar="A,B,...",
-                        help="categories of the code-similarity heatmaps (default: the 15 most "
-                             "frequent), e.g. the MGQE paper's Sci-Fi,Romance,Animation,Horror")
-    parser.add_argument("--popularity-override", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra Hydra override for --popularity, e.g. dataset.root=/data")
+    parser.add_argument(
+        "--no-mlflow",
+        action="store_true",
+        help=f"do not log the report to the MLflow experiment '{REPORT_EXPERIMENT}'",
+    )
+    parser.add_argument(
+        "--popularity",
+        default=None,
+        metavar="DATASET",
+        help="also plot the item popularity of a dataset config (conf/dataset/)",
+    )
+    parser.add_argument(
+        "--code-categories",
+        default=None,
+        metavar="A,B,...",
+        help="categories of the code-similarity heatmaps (default: the 15 most "
+        "frequent), e.g. the MGQE paper's Sci-Fi,Romance,Animation,Horror",
+    )
+    parser.add_argument(
+        "--popularity-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra override for --popularity, e.g. dataset.root=/data",
+    )
     return parser
 
 
@@ -202,7 +252,9 @@ def write_plots(report: Report, source: FolderSource | MlflowSource, out: Path,
         specs = metric_specs(kind, [c.removesuffix(" mean") for c in agg.columns])
         base = slug(dataset, model, protocol if protocol != "full" else "")
         try:
-            paths.append(plot_quality_vs_size(block, specs, out / f"quality_vs_size__{base}.png", title))
+            paths.append(
+                plot_quality_vs_size(block, specs, out / f"quality_vs_size__{base}.png", title)
+            )
             runs = report.finished
             mask = (
                 (runs["dataset"] == dataset) & (runs["eval_protocol"] == protocol)
@@ -210,7 +262,9 @@ def write_plots(report: Report, source: FolderSource | MlflowSource, out: Path,
             )  # fmt: skip
             mine = history[history["run_id"].isin(runs.loc[mask, "run_id"])]
             if not mine.empty:
-                paths.append(plot_training_loss(mine, runs[mask], out / f"train_loss__{base}.png", title))
+                paths.append(
+                    plot_training_loss(mine, runs[mask], out / f"train_loss__{base}.png", title)
+                )
         except Exception as exc:  # noqa: BLE001
             notes.append(f"plot for {title} skipped ({type(exc).__name__}: {exc})")
     paths += write_code_similarity(report, source, out, notes, code_categories)
@@ -248,7 +302,9 @@ def item_counts(dataset: str, overrides: Sequence[str] = ()) -> tuple:
     return counts, str(cfg.dataset.name)
 
 
-def write_popularity(dataset: str, overrides: Sequence[str], out: Path, notes: list[str]) -> list[Path]:
+def write_popularity(
+    dataset: str, overrides: Sequence[str], out: Path, notes: list[str]
+) -> list[Path]:
     """The Figure-4 plot for one dataset; a dataset that cannot be loaded is a note, not an error."""
     from recbench.report.plots import plot_item_popularity, slug
 
@@ -312,14 +368,21 @@ def print_summary(report: Report, source: str, out: Path, written: Sequence[Path
     status_text = ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
     stood = (
         f" (of which {report.skipped_stood_in} SKIPPED run folder(s) stand in for the finished run "
-        "they duplicate, which is not loaded here)" if report.skipped_stood_in else ""
+        "they duplicate, which is not loaded here)"
+        if report.skipped_stood_in
+        else ""
     )
     lines = [
         f"recbench report: {len(report.runs) + report.skipped} runs from {source}: "
-        f"{len(report.finished)} finished" + stood
+        f"{len(report.finished)} finished"
+        + stood
         + (f" ({report.duplicates} duplicate re-runs dropped)" if report.duplicates else "")
         + (f", {n_fail} not finished ({status_text})" if n_fail else "")
-        + (f", {report.skipped} SKIPPED (same as a run above, not counted again)" if report.skipped else ""),
+        + (
+            f", {report.skipped} SKIPPED (same as a run above, not counted again)"
+            if report.skipped
+            else ""
+        ),
         "",
         to_markdown(report.tables).rstrip(),
     ]
@@ -339,7 +402,9 @@ def print_summary(report: Report, source: str, out: Path, written: Sequence[Path
     lines += [f"warning: {w}" for w in report.warnings]
     lines += ["", f"wrote {len(written)} files to {out}/"]
     if logged:
-        lines.append(f"logged to MLflow experiment '{REPORT_EXPERIMENT}', run report-{out.name} ({logged})")
+        lines.append(
+            f"logged to MLflow experiment '{REPORT_EXPERIMENT}', run report-{out.name} ({logged})"
+        )
     lines += [f"note: {n}" for n in notes]
     print("\n".join(lines), flush=True)
 

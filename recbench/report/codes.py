@@ -73,7 +73,9 @@ def code_similarity_plots(
     figures: list[tuple[Path, np.ndarray, list[str], list[int], str]] = []
     categories_of: dict[str, Mapping[Any, list[str]] | None] = {}
     for _, run in first_seed_runs(runs).iterrows():
-        label = f"{run['dataset']} / {run['model']} / {run['method']} {run.get('setting', '')}".strip()
+        label = (
+            f"{run['dataset']} / {run['model']} / {run['method']} {run.get('setting', '')}".strip()
+        )
         try:
             folder = run_folder(run)
             if folder is None or not (folder / FOLDER / "manifest.json").is_file():
@@ -91,7 +93,13 @@ def code_similarity_plots(
             names = similarity_labels(cats, labels=labels)
             sizes = [sum(1 for c in cats if name in c) for name in names]
             for layer, matrix_codes in codes.items():
-                base = slug(dataset, str(run["model"]), str(run["method"]), str(run.get("setting", "")), layer)
+                base = slug(
+                    dataset,
+                    str(run["model"]),
+                    str(run["method"]),
+                    str(run.get("setting", "")),
+                    layer,
+                )
                 title = f"{label}: {layer} codes shared (seed {run['seed']})"
                 matrix, names = code_similarity_matrix(matrix_codes, cats, names)
                 csv = out / f"code_similarity__{base}.csv"
@@ -109,7 +117,9 @@ def code_similarity_plots(
         try:
             paths.append(draw_code_similarity(matrix, names, sizes, png, title, vmin, vmax))
         except Exception as exc:  # noqa: BLE001
-            notes.append(f"code-similarity heatmap {png.name} skipped ({type(exc).__name__}: {exc})")
+            notes.append(
+                f"code-similarity heatmap {png.name} skipped ({type(exc).__name__}: {exc})"
+            )
     if len(figures) > 1:
         notes.append(f"code-similarity heatmaps share one colour scale: {vmin:.4f} to {vmax:.4f}")
     return paths
@@ -137,7 +147,11 @@ def folder_resolver(source: Any) -> tuple[RunFolder, Callable[[], None]]:
 
     def resolve(run: pd.Series) -> Path | None:
         local = Path(str(run.get("run_dir") or "."))
-        if run.get("run_dir") and (local / "serving").is_dir() and (local / record.CONFIG_FILE).is_file():
+        if (
+            run.get("run_dir")
+            and (local / "serving").is_dir()
+            and (local / record.CONFIG_FILE).is_file()
+        ):
             return local
         if client is None:
             return None

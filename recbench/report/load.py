@@ -227,9 +227,14 @@ class MlflowSource:
                 info, data = run.info, run.data
                 rows.append(
                     make_row(
-                        info.run_id, info.run_name or "", ids.get(info.experiment_id, ""),
-                        info.status, pd.to_datetime(info.start_time, unit="ms"),
-                        data.tags, data.params, data.metrics,
+                        info.run_id,
+                        info.run_name or "",
+                        ids.get(info.experiment_id, ""),
+                        info.status,
+                        pd.to_datetime(info.start_time, unit="ms"),
+                        data.tags,
+                        data.params,
+                        data.metrics,
                     )  # fmt: skip
                 )
             token = page.token
@@ -306,7 +311,9 @@ class FolderSource:
             if not resolved:  # Hydra's composed config: a hint for labels, not a cell key
                 row["config_hint"], row["config"] = row["config"], ""
             if isinstance(same_as, dict):
-                row["same_as"] = _none_text(same_as.get("run_id")) or _none_text(same_as.get("run_dir"))
+                row["same_as"] = _none_text(same_as.get("run_id")) or _none_text(
+                    same_as.get("run_dir")
+                )
             rows.append(row)
         return to_frame(rows)
 

@@ -147,7 +147,9 @@ def plot_quality_vs_size(
     data = agg[agg["n"] > 0]
     multi_loss = data["loss"].nunique() > 1 if "loss" in data else False
     data = data.assign(_loss=data["loss"] if multi_loss else "")
-    labels = pd.Series([_method_label(rec) for _, rec in data.iterrows()], index=data.index, dtype=object)
+    labels = pd.Series(
+        [_method_label(rec) for _, rec in data.iterrows()], index=data.index, dtype=object
+    )
     error_text = "no error bars"
     seeds = sorted({int(n) for n in data["n"]}) if "n" in data else []
     for ax, spec in zip(axes, quality):
@@ -179,7 +181,9 @@ def plot_quality_vs_size(
                 yerr = None
             if method == FULL:
                 ax.axhline(y.mean(), color=colour, linestyle="--", linewidth=1)
-                ax.errorbar(x, y, yerr=yerr, fmt=marker, color=colour, capsize=2, markersize=5, label=label)
+                ax.errorbar(
+                    x, y, yerr=yerr, fmt=marker, color=colour, capsize=2, markersize=5, label=label
+                )
                 continue
             ax.errorbar(x, y, yerr=yerr, marker=marker, markersize=5, capsize=2, color=colour,
                         linestyle=_LINESTYLES[variant % len(_LINESTYLES)], label=label)  # fmt: skip
@@ -202,7 +206,13 @@ def plot_quality_vs_size(
     if handles:
         fig.legend(handles, names, loc="outside right upper", fontsize=7, title="method",
                    title_fontsize=8)  # fmt: skip
-    n_text = f"n = {seeds[0]} seeds" if len(seeds) == 1 else f"n = {min(seeds)}-{max(seeds)} seeds per point" if seeds else ""
+    n_text = (
+        f"n = {seeds[0]} seeds"
+        if len(seeds) == 1
+        else f"n = {min(seeds)}-{max(seeds)} seeds per point"
+        if seeds
+        else ""
+    )
     fig.text(0.01, 0.005, f"Points: mean over seeds ({n_text}); error bars: {error_text}; dashed: "
              "full model; grey band and rings: Pareto frontier (no smaller model is better).",
              fontsize=7, ha="left", va="bottom", wrap=True)  # fmt: skip
@@ -220,13 +230,18 @@ def plot_training_loss(
     budget sweep) become one panel per method with shared axes."""
     info = runs.assign(variant=runs["variant"] if "variant" in runs else "")
     info = info.drop_duplicates("run_id").set_index("run_id")
-    merged = history.join(info[["method", "user_method", "setting", "variant"]], on="run_id", how="inner")
+    merged = history.join(
+        info[["method", "user_method", "setting", "variant"]], on="run_id", how="inner"
+    )
     curves = list(merged.groupby(["method", "user_method", "setting", "variant"], sort=True))
     methods = sorted({str(k[0]) for k, _ in curves}, key=lambda m: (m != FULL, m))
     panels = methods if len(curves) > 8 else ["all"]
     ncols = min(4, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig = _figure(7.6 if len(panels) == 1 else 3.2 * ncols + 0.4, 3.6 if len(panels) == 1 else 2.6 * nrows + 0.6)
+    fig = _figure(
+        7.6 if len(panels) == 1 else 3.2 * ncols + 0.4,
+        3.6 if len(panels) == 1 else 2.6 * nrows + 0.6,
+    )
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     where = {m: axes[panels.index(m)] if len(panels) > 1 else axes[0] for m in methods}
     if merged.empty:
@@ -239,9 +254,14 @@ def plot_training_loss(
         colour, marker = method_style(str(method))
         variant = seen_in_method.get(str(method), 0)
         seen_in_method[str(method)] = variant + 1
-        style = "--" if method == FULL and len(panels) == 1 else _LINESTYLES[variant % len(_LINESTYLES)]
-        label = short(row_label(method, user_method, setting, "", variant_label) if len(panels) == 1
-                      else (setting or variant_label or method))
+        style = (
+            "--" if method == FULL and len(panels) == 1 else _LINESTYLES[variant % len(_LINESTYLES)]
+        )
+        label = short(
+            row_label(method, user_method, setting, "", variant_label)
+            if len(panels) == 1
+            else (setting or variant_label or method)
+        )
         ax.plot(epochs, curve["mean"], color=colour, linestyle=style, marker=marker,
                 markersize=4 if len(epochs) > 1 else 7, label=label)  # fmt: skip
         std = curve["std"].fillna(0).to_numpy()
@@ -350,7 +370,9 @@ def code_similarity_matrix(
 
 
 def similarity_labels(
-    categories: Sequence[Sequence[str]], max_categories: int = 15, labels: Sequence[str] | None = None
+    categories: Sequence[Sequence[str]],
+    max_categories: int = 15,
+    labels: Sequence[str] | None = None,
 ) -> list[str]:
     """The categories a heatmap shows: ``labels`` (checked to exist), else the ``max_categories``
     most frequent."""

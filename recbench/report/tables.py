@@ -132,7 +132,9 @@ def resolve_skipped(runs: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     out = runs.copy()
     finished = out[out["status"] == "FINISHED"]
     known_ids = set(finished["run_id"].astype(str))
-    known_dirs = {_norm_path(d) for d in finished.get("run_dir", pd.Series(dtype=str)).fillna("") if d}
+    known_dirs = {
+        _norm_path(d) for d in finished.get("run_dir", pd.Series(dtype=str)).fillna("") if d
+    }
     known_hashes = {h for h in finished["config_hash"].fillna("").astype(str) if h}
     metric_cols = [c for c in out.columns if record.parse_metric(c).prefix == record.TEST]
     drop, stood = [], 0
@@ -219,9 +221,7 @@ def add_labels(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _seed_following(knobs: dict, seed: str) -> dict:
     """``knobs`` with every ``hash_seed`` equal to ``seed`` written as ``FOLLOWS_SEED``."""
-    return {
-        k: FOLLOWS_SEED if is_hash_seed(k) and str(v) == seed else v for k, v in knobs.items()
-    }
+    return {k: FOLLOWS_SEED if is_hash_seed(k) and str(v) == seed else v for k, v in knobs.items()}
 
 
 def _number(text: str) -> str:
@@ -260,8 +260,19 @@ def summary_metrics(columns: Sequence[str]) -> list[str]:
 
 
 def _where(rec: pd.Series | dict) -> str:
-    keys = ("dataset", "eval_protocol", "model", "method", "user_method", "setting", "loss", "variant")
-    return " / ".join(str(rec[k]) for k in keys if str(rec.get(k, "")) not in ("", "full") or k == "method")
+    keys = (
+        "dataset",
+        "eval_protocol",
+        "model",
+        "method",
+        "user_method",
+        "setting",
+        "loss",
+        "variant",
+    )
+    return " / ".join(
+        str(rec[k]) for k in keys if str(rec.get(k, "")) not in ("", "full") or k == "method"
+    )
 
 
 def aggregate(
@@ -302,7 +313,9 @@ def aggregate(
             ids = block.apply(code_identity, axis=1) if len(block) else pd.Series(dtype=str)
             known = sorted(set(ids[ids != ""]))
             unknown = int((ids == "").sum())
-            rec["code"] = "; ".join(known + ([f"unrecorded x{unknown}"] if known and unknown else []))
+            rec["code"] = "; ".join(
+                known + ([f"unrecorded x{unknown}"] if known and unknown else [])
+            )
             for metric in metrics:
                 if metric in block:
                     s = summarize(block[metric].astype(float).tolist())
@@ -322,7 +335,9 @@ def aggregate(
     return table.reset_index(drop=True)
 
 
-def per_seed_values(finished: pd.DataFrame, metrics: Sequence[str]) -> dict[tuple, dict[str, dict[str, float]]]:
+def per_seed_values(
+    finished: pd.DataFrame, metrics: Sequence[str]
+) -> dict[tuple, dict[str, dict[str, float]]]:
     """(``GROUP_KEYS`` + cell) -> metric -> seed -> value: what the paired tests pair."""
     out: dict[tuple, dict[str, dict[str, float]]] = {}
     if finished.empty:
@@ -379,8 +394,12 @@ def compare_with_full(
                     out.at[i, f"{column} verdict"] = NO_REFERENCE
                     continue
                 own = mine.get(column, {})
-                ref_values = {r: values.get(tuple(out.loc[r, keys]), {}).get(column, {}) for r in candidates}
-                ref = max(candidates, key=lambda r: (len(set(own) & set(ref_values[r])), out.at[r, "n"]))
+                ref_values = {
+                    r: values.get(tuple(out.loc[r, keys]), {}).get(column, {}) for r in candidates
+                }
+                ref = max(
+                    candidates, key=lambda r: (len(set(own) & set(ref_values[r])), out.at[r, "n"])
+                )
                 result = compare_paired(own, ref_values[ref], bool(better[column]), margin)
                 out.at[i, f"{column} full"] = out.at[ref, f"{column} mean"]
                 out.at[i, f"{column} n_paired"] = result.n_pairs
@@ -486,15 +505,23 @@ def build_tables(agg: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> list[Pape
             models=sorted(block["model"].unique()),
             specs=specs,
             rows=[
-                {"method": m, "user_method": u, "setting": s, "loss": lo, "variant": v,
-                 "label": row_label(m, u, s, lo, v)}
+                {
+                    "method": m,
+                    "user_method": u,
+                    "setting": s,
+                    "loss": lo,
+                    "variant": v,
+                    "label": row_label(m, u, s, lo, v),
+                }
                 for m, u, s, lo, v in row_keys
             ],  # fmt: skip
             margin=margin,
         )
         index = {key: i for i, key in enumerate(row_keys)}
         for _, rec in block.iterrows():
-            i = index[(rec["method"], rec["user_method"], rec["setting"], rec["_loss"], rec["variant"])]
+            i = index[
+                (rec["method"], rec["user_method"], rec["setting"], rec["_loss"], rec["variant"])
+            ]
             model = rec["model"]
             table.counts[(i, model)] = (
                 int(rec["n"]), str(rec.get("unfinished", "") or ""), int(rec["n_failed"]),
@@ -621,9 +648,7 @@ def to_latex(tables: Sequence[PaperTable]) -> str:
     for t in tables:
         width = len(t.specs) + 1
         cols = "l" + (" " + "c" * width) * len(t.models)
-        group = " & ".join(
-            rf"\multicolumn{{{width}}}{{c}}{{{tex_escape(m)}}}" for m in t.models
-        )
+        group = " & ".join(rf"\multicolumn{{{width}}}{{c}}{{{tex_escape(m)}}}" for m in t.models)
         rules = " ".join(
             rf"\cmidrule(lr){{{2 + j * width}-{1 + (j + 1) * width}}}" for j in range(len(t.models))
         )
@@ -644,7 +669,9 @@ def to_latex(tables: Sequence[PaperTable]) -> str:
         for i, row in enumerate(t.rows):
             cells = [tex_escape(row["label"])]
             for model in t.models:
-                cells += [format_cell(t.cells.get((i, model, s.label)), s, tex=True) for s in t.specs]
+                cells += [
+                    format_cell(t.cells.get((i, model, s.label)), s, tex=True) for s in t.specs
+                ]
                 counts = t.counts.get((i, model))
                 cells.append(str(counts[0]) if counts else "--")
             lines.append(" & ".join(cells) + r" \\")
@@ -662,7 +689,11 @@ def to_csv_frame(tables: Sequence[PaperTable]) -> pd.DataFrame:
     records = []
     for t in tables:
         for i, row in enumerate(t.rows):
-            rec: dict[str, object] = {**t.section, **{k: row[k] for k in ROW_KEYS}, "label": row["label"]}
+            rec: dict[str, object] = {
+                **t.section,
+                **{k: row[k] for k in ROW_KEYS},
+                "label": row["label"],
+            }
             for model in t.models:
                 for s in t.specs:
                     cell = t.cells.get((i, model, s.label))
@@ -675,10 +706,14 @@ def to_csv_frame(tables: Sequence[PaperTable]) -> pd.DataFrame:
                         rec[f"{model} {s.label} n_paired"] = cell.n_paired if cell else 0
                         rec[f"{model} {s.label} p_value"] = cell.p_value if cell else np.nan
                         rec[f"{model} {s.label} diff"] = cell.diff if cell else np.nan
-                        rec[f"{model} {s.label} p_noninferior"] = cell.p_noninferior if cell else np.nan
+                        rec[f"{model} {s.label} p_noninferior"] = (
+                            cell.p_noninferior if cell else np.nan
+                        )
                         rec[f"{model} {s.label} p_wilcoxon"] = cell.p_wilcoxon if cell else np.nan
                         rec[f"{model} {s.label} verdict"] = cell.verdict if cell else ""
-                        rec[f"{model} {s.label} reaches_full"] = bool(cell and cell.mark in (REACHES, BEATS))
+                        rec[f"{model} {s.label} reaches_full"] = bool(
+                            cell and cell.mark in (REACHES, BEATS)
+                        )
                         rec[f"{model} {s.label} beats_full"] = bool(cell and cell.mark == BEATS)
                 n, _, failed, total = t.counts.get((i, model), (0, "", 0, 0))
                 rec[f"{model} n"] = n
@@ -725,7 +760,9 @@ def make_report(
     if reference_free and not members.empty:
         members["ref_key"] = [
             reference_key(parse_config(c), reference_free) if parse_config(c) is not None else k
-            for c, k in zip(members.get("config", pd.Series("", index=members.index)), members["ref_key"])
+            for c, k in zip(
+                members.get("config", pd.Series("", index=members.index)), members["ref_key"]
+            )
         ]
         notes.append(
             "each compressed cell is compared with the full model at the same settings except "
@@ -757,4 +794,6 @@ def failed_frame(unfinished: pd.DataFrame) -> pd.DataFrame:
     columns = ["run_id", "status", "dataset", "model", "method", "user_method", "setting", "seed",
                "loss", "eval_protocol", "error", "run_dir", "store_experiment"]  # fmt: skip
     out = unfinished.reindex(columns=columns)
-    return out.sort_values(["dataset", "model", "method", "seed"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["dataset", "model", "method", "seed"], kind="stable").reset_index(
+        drop=True
+    )

@@ -31,11 +31,17 @@ def test_ml_100k_tab_format(tmp_path: Path) -> None:
     write(tmp_path / "ml-100k" / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
     inter = load_ml_100k(tmp_path)
     assert inter.user.tolist() == [196, 186] and inter.item.tolist() == [242, 302]
-    assert inter.rating.tolist() == [3.0, 3.0] and inter.timestamp.tolist() == [881250949, 891717742]
+    assert inter.rating.tolist() == [3.0, 3.0] and inter.timestamp.tolist() == [
+        881250949,
+        891717742,
+    ]
 
 
 def test_ml_1m_double_colon_format(tmp_path: Path) -> None:
-    write(tmp_path / "ml-1m" / "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2::1357::5::978298709\n")
+    write(
+        tmp_path / "ml-1m" / "ratings.dat",
+        "1::1193::5::978300760\n1::661::3::978302109\n2::1357::5::978298709\n",
+    )
     inter = load_ml_1m(tmp_path)
     assert inter.user.tolist() == [1, 1, 2] and inter.item.tolist() == [1193, 661, 1357]
     assert inter.rating.tolist() == [5.0, 3.0, 5.0] and inter.timestamp[2] == 978298709
@@ -52,13 +58,20 @@ def test_ml_latest_small_csv_with_half_stars(tmp_path: Path) -> None:
     ("loader", "relative", "text", "expected"),
     [
         (load_ml_1m, "ml-1m/ratings.dat", "1::1193::5::978300760\n1::661::3\n", "line 2"),
-        (load_ml_1m, "ml-1m/ratings.dat", "1::1193::5::978300760\n1::661::9::978302109\n", "line 2"),
+        (
+            load_ml_1m,
+            "ml-1m/ratings.dat",
+            "1::1193::5::978300760\n1::661::9::978302109\n",
+            "line 2",
+        ),
         (load_ml_100k, "ml-100k/u.data", "1\t2\t3\t4\n1\tx\t3\t4\n", "line 2"),
         (load_ml_latest_small, "ml-latest-small/ratings.csv", "user,movie\n1,2\n", "ratings.csv"),
     ],
     ids=["1m-short-line", "1m-rating-out-of-range", "100k-not-a-number", "csv-wrong-header"],
 )
-def test_malformed_files_name_file_and_line(tmp_path: Path, loader, relative: str, text: str, expected: str) -> None:  # noqa: ANN001
+def test_malformed_files_name_file_and_line(
+    tmp_path: Path, loader, relative: str, text: str, expected: str
+) -> None:  # noqa: ANN001
     write(tmp_path / relative, text)
     with pytest.raises(DataError) as err:
         loader(tmp_path)
@@ -114,7 +127,10 @@ def test_kcore_is_iterated_to_a_fixed_point() -> None:
 
 
 def test_synthetic_is_seeded_and_structured() -> None:
-    a, b = generate(num_users=200, num_items=100, seed=3), generate(num_users=200, num_items=100, seed=3)
+    a, b = (
+        generate(num_users=200, num_items=100, seed=3),
+        generate(num_users=200, num_items=100, seed=3),
+    )
     assert np.array_equal(a.item, b.item) and np.array_equal(a.rating, b.rating)
     assert not np.array_equal(a.item, generate(num_users=200, num_items=100, seed=4).item)
     counts = np.sort(np.bincount(a.item))[::-1]

@@ -28,7 +28,8 @@ def test_leave_last_two_out_orders_by_timestamp_ties_keep_file_order() -> None:
 
 def test_users_with_too_few_events_are_dropped_and_counted() -> None:
     inter = Interactions(
-        user=np.array([1, 1, 1, 2, 2, 3]), item=np.array([1, 2, 3, 1, 2, 1]),
+        user=np.array([1, 1, 1, 2, 2, 3]),
+        item=np.array([1, 2, 3, 1, 2, 1]),
         timestamp=np.arange(6),
     )
     split = leave_last_two_out(inter)
@@ -70,7 +71,8 @@ def test_frequency_ties_break_by_first_appearance() -> None:
 
 def test_prepare_counts_training_only() -> None:
     inter = Interactions(
-        user=np.array([1, 1, 1, 2, 2, 2]), item=np.array([10, 11, 12, 10, 12, 11]),
+        user=np.array([1, 1, 1, 2, 2, 2]),
+        item=np.array([10, 11, 12, 10, 12, 11]),
         timestamp=np.arange(6),
     )
     data = prepare(inter, "ranking", seed=0)
@@ -134,6 +136,10 @@ def test_tie_break_random_is_seeded_and_only_reorders_ties() -> None:
 def test_tie_break_flows_through_prepare_and_unknown_value_fails() -> None:
     inter = _tied()
     data = prepare(inter, "ranking", seed=0, tie_break="item")
-    assert data.items.raw[data.test.item[data.users.raw[data.test.user - 1] == 7] - 1].tolist() == [9]
-    with pytest.raises(ConfigError, match=r"dataset.tie_break=time is unknown; choose one of file, item, random"):
+    assert data.items.raw[data.test.item[data.users.raw[data.test.user - 1] == 7] - 1].tolist() == [
+        9
+    ]
+    with pytest.raises(
+        ConfigError, match=r"dataset.tie_break=time is unknown; choose one of file, item, random"
+    ):
         prepare(inter, "ranking", seed=0, tie_break="time")

@@ -27,7 +27,9 @@ def test_memory_count_by_hand_paper_accounting() -> None:
     emb.cluster()
     assert emb.serving_bits() == 102_400 + 84_000 == 186_400
     stored = emb.serving_tensors()
-    assert sum(t.numel() * t.element_size() * 8 for t in stored.values()) == 186_400  # 84,000 = 10,500 bytes
+    assert (
+        sum(t.numel() * t.element_size() * 8 for t in stored.values()) == 186_400
+    )  # 84,000 = 10,500 bytes
 
 
 def test_clustering_replaces_the_tables_and_keeps_the_sketch() -> None:
@@ -53,7 +55,9 @@ def test_clustering_replaces_the_tables_and_keeps_the_sketch() -> None:
     exact.cluster()
     torch.testing.assert_close(exact.full_table(), reference)
     # The next hashed pointers come from a new hash function.
-    assert not torch.equal(exact.hashed_pointers, layer(n=40, d=8, num_columns=2, num_rows=64).hashed_pointers)
+    assert not torch.equal(
+        exact.hashed_pointers, layer(n=40, d=8, num_columns=2, num_rows=64).hashed_pointers
+    )
 
 
 def test_kmeans_recovers_separated_blobs() -> None:
@@ -157,7 +161,9 @@ def test_budget_picks_the_largest_rows_that_fit(budget: float) -> None:
 
 
 def test_budget_impossible_and_knob_errors() -> None:
-    with pytest.raises(ConfigError, match=r"method.budget=0.0001 is below the smallest CCEmbedding size"):
+    with pytest.raises(
+        ConfigError, match=r"method.budget=0.0001 is below the smallest CCEmbedding size"
+    ):
         CCEmbedding.solve_budget(0.0001, 2000, 64, num_columns=4)
     with pytest.raises(ConfigError, match="method.num_columns=5 must divide embedding_dim=64"):
         CCEmbedding.check_knobs(64, num_columns=5)

@@ -12,7 +12,9 @@ from recbench.errors import ConfigError
 GMF_USERS, GMF_ITEMS, GMF_OTHER_BITS = 6040, 3416, 32 * 65  # GMF's Linear(64, 1): 64 weights + bias
 
 
-def make(n: int = 200, d: int = 16, num_subspaces: int = 4, num_centroids: int = 10, **kw) -> DPQEmbedding:
+def make(
+    n: int = 200, d: int = 16, num_subspaces: int = 4, num_centroids: int = 10, **kw
+) -> DPQEmbedding:
     layer = DPQEmbedding(n + 1, d, num_subspaces=num_subspaces, num_centroids=num_centroids, **kw)
     with torch.no_grad():  # well-separated values so nearest centroids are unambiguous
         layer.query.weight[1:] = torch.randn(n, d)
@@ -31,7 +33,9 @@ def naive_codes(layer: DPQEmbedding, ids: list[int]) -> torch.Tensor:
             [
                 min(
                     range(layer.num_centroids),
-                    key=lambda k, j=j: float(((q[j * s : (j + 1) * s] - centroids[j, k]) ** 2).sum()),
+                    key=lambda k, j=j: float(
+                        ((q[j * s : (j + 1) * s] - centroids[j, k]) ** 2).sum()
+                    ),
                 )
                 for j in range(layer.num_subspaces)
             ]
@@ -44,7 +48,9 @@ def test_codes_and_output_match_naive_reference() -> None:
     ids = [1, 5, 17, 200, 5]
     codes = naive_codes(layer, ids)
     assert torch.equal(layer.eval().codes()[torch.tensor(ids) - 1], codes)
-    expected = torch.stack([layer.centroids[torch.arange(4), c].detach().reshape(-1) for c in codes])
+    expected = torch.stack(
+        [layer.centroids[torch.arange(4), c].detach().reshape(-1) for c in codes]
+    )
     for mode in (True, False):
         layer.train(mode)
         torch.testing.assert_close(layer(torch.tensor(ids)), expected, rtol=0, atol=1e-6)
@@ -152,14 +158,19 @@ def test_solve_budget_picks_largest_fitting_num_subspaces() -> None:
             assert DPQEmbedding(n + 1, d, num_subspaces=larger[0]).serving_bits() > budget * full
     assert DPQEmbedding.solve_budget(0.35, n, d)["num_subspaces"] == 64
     assert DPQEmbedding.solve_budget(0.2, n, d)["num_subspaces"] == 32
-    with pytest.raises(ConfigError, match=r"^method\.budget=0\.01 .*num_subspaces=1.*method\.budget >= "):
+    with pytest.raises(
+        ConfigError, match=r"^method\.budget=0\.01 .*num_subspaces=1.*method\.budget >= "
+    ):
         DPQEmbedding.solve_budget(0.01, n, d)
 
 
 @pytest.mark.parametrize(
     ("knobs", "message"),
     [
-        ({"num_subspaces": 48}, r"^method\.num_subspaces=48 must divide embedding_dim=64; use one of"),
+        (
+            {"num_subspaces": 48},
+            r"^method\.num_subspaces=48 must divide embedding_dim=64; use one of",
+        ),
         ({"num_subspaces": 0}, r"^method\.num_subspaces=0 "),
         ({"num_centroids": 1}, r"^method\.num_centroids=1 "),
         ({"num_centroids": 70000}, r"^method\.num_centroids=70000 "),

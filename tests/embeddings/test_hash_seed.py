@@ -41,5 +41,7 @@ def test_explicit_hash_seed_wins(method: str) -> None:
 def test_budget_and_user_method_keep_the_run_seed(method: str) -> None:
     seed, _ = mappings([f"method={method}", "seed=2", "method.budget=0.1"])
     assert seed == 2
-    seed, _ = mappings(["method=full", f"+method@user_method={method}", "seed=4"], node="user_method")
+    seed, _ = mappings(
+        ["method=full", f"+method@user_method={method}", "seed=4"], node="user_method"
+    )
     assert seed == 4

@@ -101,7 +101,9 @@ def test_check_knobs() -> None:
         HashingTrickEmbedding(11, 4, init_std=0)
 
 
-@pytest.mark.parametrize("family, seed", [("murmur3", 0), ("murmur3", 7), ("xxhash", 3), ("md5", 1)])
+@pytest.mark.parametrize(
+    "family, seed", [("murmur3", 0), ("murmur3", 7), ("xxhash", 3), ("md5", 1)]
+)
 def test_hashing_trick_is_bloom_with_one_hash(family: str, seed: int) -> None:
     """The shared hashed-table base must keep the hashing trick's mapping: bucket ``hash(id) % m``
     with the seed ``hash_seed`` itself (computed here by ``hash_ids``, independently of both
@@ -111,7 +113,9 @@ def test_hashing_trick_is_bloom_with_one_hash(family: str, seed: int) -> None:
     torch.manual_seed(5)
     hashed = HashingTrickEmbedding(n + 1, d, num_buckets=m, hash_family=family, hash_seed=seed)
     torch.manual_seed(5)
-    bloom = BloomEmbedding(n + 1, d, num_hashes=1, num_buckets=m, hash_family=family, hash_seed=seed)
+    bloom = BloomEmbedding(
+        n + 1, d, num_hashes=1, num_buckets=m, hash_family=family, hash_seed=seed
+    )
     expected = hash_ids(np.arange(1, n + 1), family, seed, m)
     np.testing.assert_array_equal(hashed.mapping[1:, 0].numpy(), expected)
     assert torch.equal(hashed.mapping, bloom.mapping)
@@ -119,7 +123,9 @@ def test_hashing_trick_is_bloom_with_one_hash(family: str, seed: int) -> None:
     ids = torch.randint(0, n + 1, (5, 7))
     assert torch.equal(hashed(ids), bloom(ids))
     assert torch.equal(hashed.full_table(), bloom.full_table())
-    rebuilt = HashingTrickEmbedding.table_from_serving(hashed.serving_tensors(), hashed.serving_meta())
+    rebuilt = HashingTrickEmbedding.table_from_serving(
+        hashed.serving_tensors(), hashed.serving_meta()
+    )
     assert torch.equal(rebuilt, hashed.full_table())
     assert hashed.serving_bits() == bloom.serving_bits() == 32 * m * d
     assert "num_hashes" not in hashed.knobs() and bloom.knobs()["num_hashes"] == 1

@@ -74,7 +74,10 @@ def test_wrongly_typed_knob_is_one_config_error(name: str) -> None:
 def test_check_types_names_the_expected_type() -> None:
     from recbench.embeddings.low_rank import LowRankEmbedding
 
-    with pytest.raises(ConfigError, match=r"method\.init_std='x' must be a number; the default is method\.init_std=0\.01"):
+    with pytest.raises(
+        ConfigError,
+        match=r"method\.init_std='x' must be a number; the default is method\.init_std=0\.01",
+    ):
         LowRankEmbedding.check_knobs(64, init_std="x")
     with pytest.raises(ConfigError, match=r"method\.rank=True"):
         LowRankEmbedding.check_knobs(64, rank=True)
@@ -140,5 +143,7 @@ def test_knobs_become_plain_python_attributes() -> None:
     mixed = MixedDimEmbedding(
         11, 8, block_sizes=OmegaConf.create([4, None]), block_dims=OmegaConf.create([8, 2])
     )
-    assert mixed.given_knobs.block_sizes == [4, None] and type(mixed.given_knobs.block_sizes) is list
+    assert (
+        mixed.given_knobs.block_sizes == [4, None] and type(mixed.given_knobs.block_sizes) is list
+    )
     assert mixed.knobs()["block_sizes"] == [4, 6] and mixed.knobs()["block_dims"] == [8, 2]

@@ -50,7 +50,9 @@ def test_step_gradient_and_scale_by_hand() -> None:
     torch.testing.assert_close(emb.weight.grad[1], torch.tensor([1.0, 1.0, 0.0, 0.0]))
     assert float(emb.step.grad[0]) == 0.0 and emb.weight.grad[0].abs().sum() == 0  # padding
     # Column steps: N = n, the number of ids sharing a step (LSQ's N_W per step).
-    assert LearnedQuantEmbedding(1001, 8, bits=4, granularity="column").grad_scale == 1 / math.sqrt(1000 * 7)
+    assert LearnedQuantEmbedding(1001, 8, bits=4, granularity="column").grad_scale == 1 / math.sqrt(
+        1000 * 7
+    )
 
 
 @pytest.mark.parametrize("granularity", ["row", "column"])

@@ -60,7 +60,9 @@ def test_tiers_are_contiguous_id_ranges() -> None:
 def test_lookup_matches_naive_per_item_reference(variant: str) -> None:
     layer = make(variant)
     ids = torch.tensor([[3, 0, 57], [20, 21, 100]])  # head (1..20), padding, tail (21..100)
-    expected = torch.stack([naive_lookup(layer, i) if i else torch.zeros(16) for i in ids.reshape(-1).tolist()])
+    expected = torch.stack(
+        [naive_lookup(layer, i) if i else torch.zeros(16) for i in ids.reshape(-1).tolist()]
+    )
     for mode in (True, False):
         layer.train(mode)
         out = layer(ids)
@@ -138,10 +140,16 @@ def test_serving_bits_hand_computed() -> None:
     n, d = 1000, 64  # tiers of 100 and 900 ids
     shared = MGQEmbedding(n + 1, d, num_centroids=[256, 64], num_subspaces=16)
     assert shared.serving_bits() == 100 * 16 * 8 + 900 * 16 * 6 + 32 * 256 * d
-    unshared_k = MGQEmbedding(n + 1, d, variant="unshared_k", num_centroids=[256, 50], num_subspaces=16)
+    unshared_k = MGQEmbedding(
+        n + 1, d, variant="unshared_k", num_centroids=[256, 50], num_subspaces=16
+    )
     assert unshared_k.serving_bits() == (100 * 16 * 8 + 32 * 256 * d) + (900 * 16 * 6 + 32 * 50 * d)
-    unshared_d = MGQEmbedding(n + 1, d, variant="unshared_d", num_centroids=256, num_subspaces=[64, 32])
-    assert unshared_d.serving_bits() == (100 * 64 * 8 + 32 * 256 * d) + (900 * 32 * 8 + 32 * 256 * d)
+    unshared_d = MGQEmbedding(
+        n + 1, d, variant="unshared_d", num_centroids=256, num_subspaces=[64, 32]
+    )
+    assert unshared_d.serving_bits() == (100 * 64 * 8 + 32 * 256 * d) + (
+        900 * 32 * 8 + 32 * 256 * d
+    )
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -207,11 +215,17 @@ def test_solve_budget() -> None:
     ("knobs", "message"),
     [
         ({"variant": "mixed"}, r"^method\.variant=mixed is unknown; use shared_k"),
-        ({"num_subspaces": [64, 32]}, r"^method\.num_subspaces=\[64, 32\] varies by tier.*unshared_d"),
+        (
+            {"num_subspaces": [64, 32]},
+            r"^method\.num_subspaces=\[64, 32\] varies by tier.*unshared_d",
+        ),
         ({"num_subspaces": 48}, r"^method\.num_subspaces\[0\]=48 must divide embedding_dim=64"),
         ({"num_centroids": [256, 64, 16]}, r"^method\.num_centroids=\[256, 64, 16\] has 3 entries"),
         ({"num_centroids": [256, 1]}, r"^method\.num_centroids\[1\]=1 "),
-        ({"tier_fractions": [0.1, 0.8]}, r"^method\.tier_fractions=\[0\.1, 0\.8\] must be positive"),
+        (
+            {"tier_fractions": [0.1, 0.8]},
+            r"^method\.tier_fractions=\[0\.1, 0\.8\] must be positive",
+        ),
         ({"tier_sizes": [10, -1]}, r"^method\.tier_sizes=\[10, -1\] must be"),
         ({"beta": -1.0}, r"^method\.beta=-1\.0 "),
     ],
@@ -226,7 +240,9 @@ def test_check_knobs(knobs: dict, message: str) -> None:
 def test_accepts_omegaconf_lists_and_warns_on_unsorted_counts() -> None:
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"tier_fractions": [0.5, 0.5], "num_centroids": [8, 4], "num_subspaces": 4})
+    cfg = OmegaConf.create(
+        {"tier_fractions": [0.5, 0.5], "num_centroids": [8, 4], "num_subspaces": 4}
+    )
     layer = MGQEmbedding(11, 8, **cfg)
     assert layer.knobs()["num_centroids"] == [8, 4]
     counts = torch.tensor([0, 5, 9, 3, 1, 1, 1, 1, 1, 1, 1])
@@ -289,7 +305,9 @@ def test_distinct_id_lookup_equals_per_occurrence_training(variant: str) -> None
         if i == 0:
             rows.append(torch.zeros(layer.embedding_dim))
             continue
-        tier = next(t for t, (a, b) in enumerate(zip(layer.tier_starts, layer.tier_ends)) if a <= i < b)
+        tier = next(
+            t for t, (a, b) in enumerate(zip(layer.tier_starts, layer.tier_ends)) if a <= i < b
+        )
         centroids = layer.tier_centroids(tier)
         q = layer.query.weight[i].view(centroids.shape[0], -1)
         codes = ((q.detach().unsqueeze(1) - centroids.detach()) ** 2).sum(-1).argmin(-1)
@@ -341,5 +359,7 @@ def test_codes_from_serving_compare_only_same_centroids(variant: str) -> None:
         assert torch.equal(tail[:, : per_tier[1].shape[1]], per_tier[1] + layer.num_centroids[0])
         assert int(tail[:, : per_tier[1].shape[1]].min()) >= layer.num_centroids[0]
     filler = codes[codes < 0]
-    assert filler.numel() == (80 * (width - layer.num_subspaces[1]) if variant == "unshared_d" else 0)
+    assert filler.numel() == (
+        80 * (width - layer.num_subspaces[1]) if variant == "unshared_d" else 0
+    )
     assert filler.unique().numel() == filler.numel()

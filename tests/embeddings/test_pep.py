@@ -34,7 +34,9 @@ def test_csr_size_for_a_stated_sparsity_by_hand() -> None:
 
 def test_gradients_of_the_search_phase() -> None:
     """Pruned weights get no gradient; the thresholds get one through every surviving weight."""
-    emb = PEPEmbedding(11, 4, granularity="feature", threshold_init=math.log(0.01 / 0.99), target_sparsity=None)
+    emb = PEPEmbedding(
+        11, 4, granularity="feature", threshold_init=math.log(0.01 / 0.99), target_sparsity=None
+    )
     with torch.no_grad():
         emb.weight[1:] = torch.tensor([0.02, -0.005, 0.5, 0.001]).repeat(10, 1)
     emb.train()

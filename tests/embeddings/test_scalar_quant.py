@@ -11,7 +11,9 @@ from recbench.errors import ConfigError
 GMF_USERS, GMF_ITEMS, GMF_OTHER_BITS = 6040, 3416, 32 * 65  # GMF's Linear(64, 1): 64 weights + bias
 
 
-def make(bits: int = 8, granularity: str = "column", n: int = 300, d: int = 16) -> ScalarQuantEmbedding:
+def make(
+    bits: int = 8, granularity: str = "column", n: int = 300, d: int = 16
+) -> ScalarQuantEmbedding:
     layer = ScalarQuantEmbedding(n + 1, d, bits=bits, granularity=granularity)
     with torch.no_grad():  # a spread-out table with distinct ranges per column and row
         layer.weight_table.weight[1:] = torch.randn(n, d) * torch.linspace(0.1, 3.0, d)
@@ -102,7 +104,10 @@ def test_serving_form_rebuilds_table_exactly(bits: int, granularity: str) -> Non
 def test_serving_bits_hand_computed() -> None:
     n, d = 1000, 32
     assert ScalarQuantEmbedding(n + 1, d, bits=8).serving_bits() == n * d * 8 + 64 * d
-    assert ScalarQuantEmbedding(n + 1, d, bits=3, granularity="row").serving_bits() == n * d * 3 + 64 * n
+    assert (
+        ScalarQuantEmbedding(n + 1, d, bits=3, granularity="row").serving_bits()
+        == n * d * 3 + 64 * n
+    )
 
 
 def test_table3_gmf_sq_fraction() -> None:

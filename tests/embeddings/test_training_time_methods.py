@@ -24,7 +24,10 @@ EXTRA = {"cce": [], "pep": ["method.search_epochs=1"], "learned_quant": ["method
 @pytest.mark.parametrize("method", sorted(EXTRA))
 def test_two_epochs_then_artifact(method: str, model_name: str, tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY_DATA, f"model={model_name}", f"method={method}", *EXTRA[method]])
+        cfg = compose(
+            "config",
+            overrides=[*TINY_DATA, f"model={model_name}", f"method={method}", *EXTRA[method]],
+        )
     data = load_data(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, data)

@@ -17,8 +17,12 @@ from recbench.embeddings.vq import (
 )
 
 
-@pytest.mark.parametrize(("num_subspaces", "num_centroids", "dim"), [(64, 256, 1), (8, 64, 1), (4, 32, 3)])
-def test_nearest_codes_equals_brute_force_argmin(num_subspaces: int, num_centroids: int, dim: int) -> None:
+@pytest.mark.parametrize(
+    ("num_subspaces", "num_centroids", "dim"), [(64, 256, 1), (8, 64, 1), (4, 32, 3)]
+)
+def test_nearest_codes_equals_brute_force_argmin(
+    num_subspaces: int, num_centroids: int, dim: int
+) -> None:
     queries = torch.randn(500, num_subspaces, dim)
     centroids = torch.randn(num_subspaces, num_centroids, dim)
     brute = ((queries.unsqueeze(2) - centroids.unsqueeze(0)) ** 2).sum(-1).argmin(-1)
@@ -29,7 +33,11 @@ def test_nearest_codes_ties_go_to_the_lowest_index() -> None:
     centroids = torch.tensor([[0.0, 1.0, 1.0, -1.0, 2.0]]).unsqueeze(-1)  # a duplicated value
     queries = torch.tensor([-5.0, -1.0, 0.5, 1.0, 1.5, 0.0, 9.0]).view(-1, 1, 1)
     brute = ((queries.unsqueeze(2) - centroids.unsqueeze(0)) ** 2).sum(-1).argmin(-1)
-    assert nearest_codes(queries, centroids).view(-1).tolist() == brute.view(-1).tolist() == [3, 3, 0, 1, 1, 0, 4]
+    assert (
+        nearest_codes(queries, centroids).view(-1).tolist()
+        == brute.view(-1).tolist()
+        == [3, 3, 0, 1, 1, 0, 4]
+    )
 
 
 @pytest.mark.parametrize("spread", ["gaussian", "duplicates", "crowded", "wide"])
@@ -96,7 +104,11 @@ def test_scalar_grid_search_on_trained_like_centroids(dtype: torch.dtype, seed: 
     among exact ties), in both float widths, including crowded cells (several values per cell)."""
     gen = torch.Generator().manual_seed(seed)
     centroids = torch.cat(
-        [torch.randn(32, 200, generator=gen) * 0.01, torch.randn(32, 56, generator=gen) * 0.001 + 0.02], 1
+        [
+            torch.randn(32, 200, generator=gen) * 0.01,
+            torch.randn(32, 56, generator=gen) * 0.001 + 0.02,
+        ],
+        1,
     ).to(dtype)
     centroids[:, 5] = centroids[:, 9]  # exact duplicates, the higher index first in value order
     centroids[:, 7] = 0.3  # an outlier stretches the grid: crowded cells

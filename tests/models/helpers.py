@@ -36,4 +36,6 @@ def build_with_method(
     from tests.conftest import method_node
 
     factory = method_factory(method_node(method))
-    return hydra.utils.instantiate(model_cfg)(tiny_info(num_users, num_items), item_embedding=factory)
+    return hydra.utils.instantiate(model_cfg)(
+        tiny_info(num_users, num_items), item_embedding=factory
+    )

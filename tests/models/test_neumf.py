@@ -57,9 +57,13 @@ def test_score_all_agrees_with_score(chunk: int) -> None:
     all_scores = model.score_all(users)
     assert all_scores.shape == (USERS, ITEMS + 1)
     items = torch.randint(1, ITEMS + 1, (USERS, 7))
-    torch.testing.assert_close(all_scores.gather(1, items), model.score(users, items), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        all_scores.gather(1, items), model.score(users, items), rtol=1e-5, atol=1e-5
+    )
     # 1-D items (one per user) score like a column
-    torch.testing.assert_close(model.score(users, items[:, 0]), all_scores.gather(1, items[:, :1]).squeeze(1))
+    torch.testing.assert_close(
+        model.score(users, items[:, 0]), all_scores.gather(1, items[:, :1]).squeeze(1)
+    )
 
 
 def test_gradients_reach_all_four_embedding_layers() -> None:
@@ -69,7 +73,10 @@ def test_gradients_reach_all_four_embedding_layers() -> None:
     model.score(users, items).sum().backward()
     layers = embedding_layers(model)
     assert set(layers) == {
-        "gmf_user_embedding", "gmf_item_embedding", "mlp_user_embedding", "mlp_item_embedding",
+        "gmf_user_embedding",
+        "gmf_item_embedding",
+        "mlp_user_embedding",
+        "mlp_item_embedding",
     }
     for name, layer in layers.items():
         grad = layer.weight_table.weight.grad

@@ -98,7 +98,9 @@ def test_shapes_and_consistency_of_the_three_scorers() -> None:
     assert per_pos.shape == (3, 8, 4)
     torch.testing.assert_close(per_pos, logits.gather(-1, items), rtol=1e-5, atol=1e-5)
     cands = torch.randint(1, N_ITEMS + 1, (3, 6))
-    torch.testing.assert_close(model.score(seq, cands), all_scores.gather(1, cands), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.score(seq, cands), all_scores.gather(1, cands), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_padding_ids_get_no_gradient_and_the_item_table_is_shared() -> None:
@@ -160,7 +162,9 @@ def pair_sequences(num_users: int = 300, num_items: int = 100, pairs: int = 6) -
     # file order is shuffled; the timestamps carry the order
     times = np.tile(np.arange(seq.shape[1]), num_users)
     perm = rng.permutation(len(users))
-    return Interactions(user=users[perm], item=seq.ravel()[perm], timestamp=times[perm], name="pairs")
+    return Interactions(
+        user=users[perm], item=seq.ravel()[perm], timestamp=times[perm], name="pairs"
+    )
 
 
 def test_sasrec_learns_a_sequential_pattern_that_gmf_cannot() -> None:
@@ -170,7 +174,11 @@ def test_sasrec_learns_a_sequential_pattern_that_gmf_cannot() -> None:
 
     seq_data = prepare(inter, "sequential", seed=0)
     sasrec = SASRec(
-        DataInfo.from_prepared(seq_data), factory, embedding_dim=32, max_len=12, num_blocks=1,
+        DataInfo.from_prepared(seq_data),
+        factory,
+        embedding_dim=32,
+        max_len=12,
+        num_blocks=1,
         dropout=0.0,
     )
     sampler = SequenceSampler(seq_data, max_len=12, num_negatives=1, batch_size=64, device=cpu)
@@ -180,7 +188,11 @@ def test_sasrec_learns_a_sequential_pattern_that_gmf_cannot() -> None:
 
     rank_data = prepare(inter, "ranking", seed=0)
     gmf = GMF(DataInfo.from_prepared(rank_data), factory, embedding_dim=32)
-    fit(gmf, PairSampler(rank_data, 4, 64, cpu), FitOptions(loss="bce", epochs=20, lr=0.01, progress=False))
+    fit(
+        gmf,
+        PairSampler(rank_data, 4, 64, cpu),
+        FitOptions(loss="bce", epochs=20, lr=0.01, progress=False),
+    )
     gmf_hr = RankingEvaluator(rank_data).evaluate(gmf, "test")["hr_at_10"]
 
     assert sasrec_hr > 0.8, sasrec_hr

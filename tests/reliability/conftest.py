@@ -47,8 +47,12 @@ def recbench_cmd(args: list[str], store: str, tmp: Path, multirun: bool = False)
     ]  # fmt: skip
 
 
-def run(cmd: list[str], cwd: Path, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=timeout)
+def run(
+    cmd: list[str], cwd: Path, timeout: float = 300, **extra: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start(cmd: list[str], cwd: Path, **extra: str) -> subprocess.Popen:

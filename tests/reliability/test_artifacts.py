@@ -55,9 +55,13 @@ def test_a_clean_artifact_verifies(artifact: Path) -> None:
     assert set(manifest["files"]) == {serving.WEIGHTS, serving.REFERENCE, serving.IDS}
 
 
-@pytest.mark.parametrize("name", [serving.WEIGHTS, serving.REFERENCE, serving.IDS, serving.MANIFEST])
+@pytest.mark.parametrize(
+    "name", [serving.WEIGHTS, serving.REFERENCE, serving.IDS, serving.MANIFEST]
+)
 @pytest.mark.parametrize("where", [0.5, -1])
-def test_any_flipped_byte_fails_naming_the_file(artifact: Path, tmp_path: Path, name: str, where: float) -> None:
+def test_any_flipped_byte_fails_naming_the_file(
+    artifact: Path, tmp_path: Path, name: str, where: float
+) -> None:
     folder = copy(artifact, tmp_path)
     data = bytearray((folder / name).read_bytes())
     at = int(len(data) * where) if where > 0 else len(data) - 2  # the middle, or the last rows
@@ -68,7 +72,9 @@ def test_any_flipped_byte_fails_naming_the_file(artifact: Path, tmp_path: Path, 
     assert name in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_a_flip_outside_the_reference_users_fails_on_the_command_line(artifact: Path, tmp_path: Path) -> None:
+def test_a_flip_outside_the_reference_users_fails_on_the_command_line(
+    artifact: Path, tmp_path: Path
+) -> None:
     folder = copy(artifact, tmp_path)
     data = bytearray((folder / serving.WEIGHTS).read_bytes())
     data[-3] ^= 0x10  # last row of the last tensor: not among the 64 reference users' scores
@@ -96,21 +102,36 @@ def forge(folder: Path, change) -> None:  # noqa: ANN001
     manifest = json.loads((folder / serving.MANIFEST).read_text())
     manifest.pop("manifest_sha256")
     change(manifest)
-    manifest["files"] = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in manifest["files"]}
+    manifest["files"] = {
+        n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in manifest["files"]
+    }
     serving.write_manifest(folder / serving.MANIFEST, manifest)
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        lambda m: m["model"].update({"_target_": "pathlib.Path.write_text", "self": "{out}", "data": "x"}),
+        lambda m: m["model"].update(
+            {"_target_": "pathlib.Path.write_text", "self": "{out}", "data": "x"}
+        ),
         lambda m: m["model"].update({"_target_": "recbench.models.gmf.torch.save"}),
-        lambda m: m["model"].update({"embedding_dim": {"_target_": "pathlib.Path.write_text", "self": "{out}", "data": "x"}}),
+        lambda m: m["model"].update(
+            {"embedding_dim": {"_target_": "pathlib.Path.write_text", "self": "{out}", "data": "x"}}
+        ),
         lambda m: next(iter(m["layers"].values())).update({"class": "hydra.utils.get_class"}),
-        lambda m: next(iter(m["layers"].values())).update({"class": "recbench.embeddings.base.torch.nn.Linear"}),
+        lambda m: next(iter(m["layers"].values())).update(
+            {"class": "recbench.embeddings.base.torch.nn.Linear"}
+        ),
         lambda m: next(iter(m["layers"].values())).update({"class": "recbench.models.gmf.GMF"}),
     ],
-    ids=["model-write_text", "model-nested-attr", "nested-target", "layer-get_class", "layer-torch", "layer-not-embedding"],
+    ids=[
+        "model-write_text",
+        "model-nested-attr",
+        "nested-target",
+        "layer-get_class",
+        "layer-torch",
+        "layer-not-embedding",
+    ],
 )
 def test_a_crafted_manifest_runs_nothing(artifact: Path, tmp_path: Path, change) -> None:  # noqa: ANN001
     folder = copy(artifact, tmp_path)

@@ -87,5 +87,10 @@ def test_report_warns_when_a_cell_mixes_code_versions() -> None:
     from recbench.report.tables import code_identity
 
     assert code_identity(pd.Series({"code_identity": "git-a", "git_commit": "b"})) == "git-a"
-    assert code_identity(pd.Series({"code_version": "0.1.0", "git_commit": "abc", "git_dirty": "true"})) == "0.1.0@abc+dirty"
+    assert (
+        code_identity(
+            pd.Series({"code_version": "0.1.0", "git_commit": "abc", "git_dirty": "true"})
+        )
+        == "0.1.0@abc+dirty"
+    )
     assert code_identity(pd.Series({})) == ""

@@ -58,7 +58,9 @@ def test_sigterm_kill9_and_sigint_are_recorded_apart(tmp_path: Path, store: str)
     # the report is the next command touching the store: the killed run becomes LOST
     from recbench.report.cli import main as report
 
-    assert report(["--uri", store, "--no-plots", "--no-mlflow", "--out", str(tmp_path / "rep")]) == 0
+    assert (
+        report(["--uri", store, "--no-plots", "--no-mlflow", "--out", str(tmp_path / "rep")]) == 0
+    )
     by_seed = {r.data.tags["seed"]: r for r in runs_of(store)}
     assert by_seed["0"].info.status == "KILLED" and by_seed["0"].data.tags["state"] == "KILLED"
     assert by_seed["2"].info.status == "KILLED"

@@ -97,7 +97,9 @@ def test_negative_sampler_counts_distinct_items() -> None:
 def test_duplicate_rows_in_u_data_end_to_end(tmp_path: Path, store: str) -> None:
     root = tmp_path / "data" / "ml-100k"
     root.mkdir(parents=True)
-    rows = [f"{u}\t{i}\t{1 + (u + i) % 5}\t{100 * u + i}" for u in range(1, 31) for i in range(1, 21)]
+    rows = [
+        f"{u}\t{i}\t{1 + (u + i) % 5}\t{100 * u + i}" for u in range(1, 31) for i in range(1, 21)
+    ]
     rows += rows[:40]  # the first 40 events again
     (root / "u.data").write_text("\n".join(rows) + "\n")
     args = ["dataset=ml-100k", f"dataset.root={tmp_path / 'data'}", "train.epochs=1", "train.progress=false",

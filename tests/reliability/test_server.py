@@ -44,7 +44,10 @@ def server(tmp_path: Path):  # noqa: ANN201
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+                    pytest.fail(
+                        "mlflow server did not start: "
+                        + (tmp_path / "server.log").read_text()[-2000:]
+                    )
                 time.sleep(1)
         yield uri
     finally:

@@ -68,14 +68,34 @@ def test_corrupted_store_fails_with_one_line_and_keeps_the_folder_results(tmp_pa
     ("make", "args", "expected"),
     [
         (lambda t: (t / "outputs").write_text("x"), [], "is a file, not a folder"),
-        (lambda t: (t / "store").write_text("x"), ["tracking.uri=sqlite:///{t}/store/mlflow.db"], "is a file"),
-        (lambda t: (t / "store.db").mkdir(), ["tracking.uri=sqlite:///{t}/store.db"], "is a folder"),
-        (lambda t: (t / "art").write_text("x"), ["tracking.artifact_root={t}/art/x"], "tracking.artifact_root"),
+        (
+            lambda t: (t / "store").write_text("x"),
+            ["tracking.uri=sqlite:///{t}/store/mlflow.db"],
+            "is a file",
+        ),
+        (
+            lambda t: (t / "store.db").mkdir(),
+            ["tracking.uri=sqlite:///{t}/store.db"],
+            "is a folder",
+        ),
+        (
+            lambda t: (t / "art").write_text("x"),
+            ["tracking.artifact_root={t}/art/x"],
+            "tracking.artifact_root",
+        ),
         (lambda t: None, ["tracking.experiment=../../x"], "not a plain name"),
     ],
-    ids=["outputs-is-a-file", "store-parent-is-a-file", "store-is-a-folder", "artifact-root-blocked", "experiment-escapes"],
+    ids=[
+        "outputs-is-a-file",
+        "store-parent-is-a-file",
+        "store-is-a-folder",
+        "artifact-root-blocked",
+        "experiment-escapes",
+    ],
 )
-def test_destinations_checked_before_anything_runs(tmp_path: Path, monkeypatch, make, args, expected) -> None:  # noqa: ANN001
+def test_destinations_checked_before_anything_runs(
+    tmp_path: Path, monkeypatch, make, args, expected
+) -> None:  # noqa: ANN001
     monkeypatch.chdir(tmp_path)
     make(tmp_path)
     problem = preflight([a.format(t=tmp_path) for a in args], destinations=True)
@@ -128,7 +148,9 @@ def test_earlier_results_stay_readable_after_a_failed_command(tmp_path: Path, st
 
     earlier = MlflowTracker(store, "synthetic", str(tmp_path / "artifacts"))
     earlier.open()
-    assert earlier.claim("earlier", {"config_hash": "h"}, config_hash="h", code_identity="c") is None
+    assert (
+        earlier.claim("earlier", {"config_hash": "h"}, config_hash="h", code_identity="c") is None
+    )
     earlier.log_metrics({"test/hr_at_10": 0.5})
     earlier.finish("FINISHED")
     for bad in (["method.budget=abc"], [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}/x"]):

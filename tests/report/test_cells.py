@@ -15,7 +15,12 @@ from recbench.report.load import to_frame
 from recbench.report.tables import LABEL_KEYS, add_labels, make_report, to_markdown
 from recbench.tracking import FOLLOWS_SEED, cell_config, cell_hash, digest, flatten
 
-BASE = {"train.epochs": "20", "train.lr": "0.001", "model.embedding_dim": "64", "method.init_std": "0.01"}
+BASE = {
+    "train.epochs": "20",
+    "train.lr": "0.001",
+    "model.embedding_dim": "64",
+    "method.init_std": "0.01",
+}
 
 
 def run(method: str, seed: int, hr: float | None = None, status: str = "FINISHED", model: str = "gmf",
@@ -65,8 +70,18 @@ def test_bookkeeping_keys_and_seed_never_split() -> None:
     flat = flatten({"seed": 3, "preset": "p", "train": {"lr": 0.1, "progress": True, "compile": True},
                     "tracking": {"uri": "x"}, "eval": {"batch_size": 9, "k": 10}, "force": True})  # fmt: skip
     assert cell_config(flat) == {"train.lr": "0.1", "eval.k": "10"}
-    a = {"seed": 0, "preset": "a", "train": {"lr": 0.1, "progress": True}, "method": {"hash_seed": 0}}
-    b = {"seed": 5, "preset": "b", "train": {"lr": 0.1, "progress": False}, "method": {"hash_seed": 5}}
+    a = {
+        "seed": 0,
+        "preset": "a",
+        "train": {"lr": 0.1, "progress": True},
+        "method": {"hash_seed": 0},
+    }
+    b = {
+        "seed": 5,
+        "preset": "b",
+        "train": {"lr": 0.1, "progress": False},
+        "method": {"hash_seed": 5},
+    }
     assert cell_hash(a) == cell_hash(b)  # hash_seed follows the seed in both
     assert cell_hash(a) != cell_hash({**a, "train": {"lr": 0.2}})
     assert cell_hash(a) != cell_hash({**b, "method": {"hash_seed": 0}})  # seed 5, fixed hash_seed 0
@@ -74,19 +89,31 @@ def test_bookkeeping_keys_and_seed_never_split() -> None:
 
 def test_cell_hash_tag_equals_the_reports_cell() -> None:
     """The run-time tag and the report's key are the same function of the recorded config."""
-    resolved = {"seed": 2, "train": {"lr": 0.001, "epochs": 20}, "method": {"hash_seed": 2, "sizes": [1, 2]}}
-    recorded = {k: v if not isinstance(v, list) else json.dumps(v) for k, v in flatten(resolved).items()}
+    resolved = {
+        "seed": 2,
+        "train": {"lr": 0.001, "epochs": 20},
+        "method": {"hash_seed": 2, "sizes": [1, 2]},
+    }
+    recorded = {
+        k: v if not isinstance(v, list) else json.dumps(v) for k, v in flatten(resolved).items()
+    }
     row = run("hashing", 2, 0.5)
-    row["config"] = json.dumps(cell_config({k: str(v) for k, v in recorded.items()}), sort_keys=True)
+    row["config"] = json.dumps(
+        cell_config({k: str(v) for k, v in recorded.items()}), sort_keys=True
+    )
     members, _ = assign_cells(add_labels(to_frame([row])), LABEL_KEYS)
     assert members["cell"].tolist() == [cell_hash(resolved)]
 
 
 def test_hash_seed_follows_or_fixed() -> None:
     fixed = [{"method.hash_seed": "0"}] * 3
-    assert [c[0]["method.hash_seed"] for c in hash_seed_choices(fixed, ["0", "1", "2"])] == ["0"] * 3
+    assert [c[0]["method.hash_seed"] for c in hash_seed_choices(fixed, ["0", "1", "2"])] == [
+        "0"
+    ] * 3
     follows = [{"method.hash_seed": s} for s in "012"]
-    assert [c[0]["method.hash_seed"] for c in hash_seed_choices(follows, list("012"))] == [FOLLOWS_SEED] * 3
+    assert [c[0]["method.hash_seed"] for c in hash_seed_choices(follows, list("012"))] == [
+        FOLLOWS_SEED
+    ] * 3
     # a fixed-0 sweep (seeds 1, 2) and a following sweep (seeds 0-2) share the seed-0 run
     mixed = [{"method.hash_seed": v} for v in ("0", "1", "2", "0", "0")]
     choices = hash_seed_choices(mixed, ["0", "1", "2", "1", "2"])
@@ -185,11 +212,24 @@ def _folder(root: Path, name: str, seed: int, lr: float, hr: float | None, statu
             same_as: dict | None = None, code: str = "0.3.0") -> None:  # fmt: skip
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    ident = {"dataset": "toy", "model": "gmf", "method": "full", "user_method": "", "task": "ranking",
-             "seed": str(seed), "loss": "bce", "config_hash": f"lr{lr}s{seed}", "code_version": code}
+    ident = {
+        "dataset": "toy",
+        "model": "gmf",
+        "method": "full",
+        "user_method": "",
+        "task": "ranking",
+        "seed": str(seed),
+        "loss": "bce",
+        "config_hash": f"lr{lr}s{seed}",
+        "code_version": code,
+    }
     record: dict = {"status": status, **ident}
     if hr is not None:
-        record["metrics"] = {"test/hr_at_10": hr, "test/ndcg_at_10": hr / 2, "size/fraction_of_full": 1.0}
+        record["metrics"] = {
+            "test/hr_at_10": hr,
+            "test/ndcg_at_10": hr / 2,
+            "size/fraction_of_full": 1.0,
+        }
     if same_as:
         record["same_as"] = same_as
     (run_dir / "metrics.json").write_text(json.dumps(record))
@@ -206,7 +246,20 @@ def test_report_on_run_folders_splits_lr_and_resolves_skips(tmp_path: Path, caps
     _folder(root, "skip", 1, 0.001, None, "SKIPPED", {"run_id": "abc", "run_dir": str(root / "a1"),
                                                        "metrics": {"test/hr_at_10": 0.5}})  # fmt: skip
     _folder(root, "c", 2, 0.1, None, "RUNNING", code="0.4.0")
-    assert main(["--runs-dir", str(root), "--out", str(tmp_path / "r"), "--no-plots", "--margin", "0.02"]) == 0
+    assert (
+        main(
+            [
+                "--runs-dir",
+                str(root),
+                "--out",
+                str(tmp_path / "r"),
+                "--no-plots",
+                "--margin",
+                "0.02",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "6 runs from" in out and "4 finished" in out and "1 not finished (1 RUNNING)" in out
     assert "1 SKIPPED (same as a run above, not counted again)" in out

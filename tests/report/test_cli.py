@@ -60,24 +60,57 @@ def build_store(db: Path) -> None:
         for (model, method), values in table.items():
             n = len(values.get("hr", values.get("rmse")))
             for seed in range(n):
-                tags = {"dataset": dataset, "model": model, "method": method, "user_method": "",
-                        "task": task, "seed": str(seed), "loss": loss,
-                        "config_hash": f"{dataset}{model}{method}{seed}", "run_dir": "",
-                        "experiment": "", "budget": "0.25" if method == "dpq" else ""}
+                tags = {
+                    "dataset": dataset,
+                    "model": model,
+                    "method": method,
+                    "user_method": "",
+                    "task": task,
+                    "seed": str(seed),
+                    "loss": loss,
+                    "config_hash": f"{dataset}{model}{method}{seed}",
+                    "run_dir": "",
+                    "experiment": "",
+                    "budget": "0.25" if method == "dpq" else "",
+                }
                 if model != "neumf":  # neumf runs predate the tag: derived from params
                     tags["eval_protocol"] = "full"
-                params = {"method.init_std": 0.01, "train.epochs": 3, "eval.protocol": "full",
-                          "train.loss": loss}
+                params = {
+                    "method.init_std": 0.01,
+                    "train.epochs": 3,
+                    "eval.protocol": "full",
+                    "train.loss": loss,
+                }
                 metrics = {"size/fraction_of_full": values["size"]}
-                for key, name in (("hr", "hr_at_10"), ("ndcg", "ndcg_at_10"), ("rmse", "rmse"),
-                                  ("mae", "mae")):
+                for key, name in (
+                    ("hr", "hr_at_10"),
+                    ("ndcg", "ndcg_at_10"),
+                    ("rmse", "rmse"),
+                    ("mae", "mae"),
+                ):
                     if key in values:
                         metrics[f"test/{name}"] = values[key][seed]
-                _log_run(client, eid, tags, params, metrics, [1.0 - 0.1 * e - 0.01 * seed for e in range(3)])
+                _log_run(
+                    client,
+                    eid,
+                    tags,
+                    params,
+                    metrics,
+                    [1.0 - 0.1 * e - 0.01 * seed for e in range(3)],
+                )
         if exp == "toy":  # one failed neumf/dpq seed, with the same config as the others
-            tags = {"dataset": "toy", "model": "neumf", "method": "dpq", "user_method": "",
-                    "task": "ranking", "seed": "3", "loss": "bce", "config_hash": "failedhash",
-                    "budget": "0.25", "error": "RuntimeError: CUDA out of memory"}
+            tags = {
+                "dataset": "toy",
+                "model": "neumf",
+                "method": "dpq",
+                "user_method": "",
+                "task": "ranking",
+                "seed": "3",
+                "loss": "bce",
+                "config_hash": "failedhash",
+                "budget": "0.25",
+                "error": "RuntimeError: CUDA out of memory",
+            }
             _log_run(client, eid, tags, params, {}, [0.9], status="FAILED")
 
 
@@ -145,15 +178,23 @@ def test_table_numbers_are_seed_means_and_stds(full_report) -> None:
     # non-inferiority at 1 % of the full mean .52: t = (.02 + .0052) / (.01 / sqrt 3) -> p = .024
     se = 0.01 / math.sqrt(3)
     assert toy.loc["dpq", "gmf HR@10 p_value"] == pytest.approx(t2_two_sided(0.02 / se))
-    assert toy.loc["dpq", "gmf HR@10 p_noninferior"] == pytest.approx(t2_two_sided((0.0252) / se) / 2)
+    assert toy.loc["dpq", "gmf HR@10 p_noninferior"] == pytest.approx(
+        t2_two_sided((0.0252) / se) / 2
+    )
     assert toy.loc["dpq", "gmf HR@10 verdict"] == "reaches"
-    assert bool(toy.loc["dpq", "gmf HR@10 reaches_full"]) and not bool(toy.loc["dpq", "gmf HR@10 beats_full"])
+    assert bool(toy.loc["dpq", "gmf HR@10 reaches_full"]) and not bool(
+        toy.loc["dpq", "gmf HR@10 beats_full"]
+    )
     # gmf NDCG: every seed .02 below full: significantly worse, no mark
     assert toy.loc["dpq", "gmf NDCG@10 verdict"] == "worse"
     assert not bool(toy.loc["dpq", "gmf NDCG@10 reaches_full"])
     # neumf HR: differences .06, .05, .05 (mean .05333, sd .005774): beats full
-    assert toy.loc["dpq", "neumf HR@10 p_value"] == pytest.approx(t2_two_sided((0.16 / 3) / (0.0057735 / math.sqrt(3))), rel=1e-3)
-    assert toy.loc["dpq", "neumf HR@10 verdict"] == "beats" and bool(toy.loc["dpq", "neumf HR@10 beats_full"])
+    assert toy.loc["dpq", "neumf HR@10 p_value"] == pytest.approx(
+        t2_two_sided((0.16 / 3) / (0.0057735 / math.sqrt(3))), rel=1e-3
+    )
+    assert toy.loc["dpq", "neumf HR@10 verdict"] == "beats" and bool(
+        toy.loc["dpq", "neumf HR@10 beats_full"]
+    )
     # neumf NDCG: identical to full on every seed: within the margin for sure
     assert toy.loc["dpq", "neumf NDCG@10 verdict"] == "reaches"
     assert toy.loc["dpq", "neumf HR@10 n_paired"] == 3
@@ -169,7 +210,10 @@ def test_table_numbers_are_seed_means_and_stds(full_report) -> None:
     md = (out / "table.md").read_text()
     ci = f"[{0.54 - T2_975 * se:.4f}, {0.54 + T2_975 * se:.4f}]"
     assert f"| dpq (budget=0.25) | 0.5400 ± 0.0100 {ci}* | 0.2900 ± 0.0100 [" in md
-    assert "0.6733 ± 0.0153 [0.6354, 0.7113]** | 0.4000 ± 0.0000 [0.4000, 0.4000]* | 4.0 | 3 (+1 failed) |" in md
+    assert (
+        "0.6733 ± 0.0153 [0.6354, 0.7113]** | 0.4000 ± 0.0000 [0.4000, 0.4000]* | 4.0 | 3 (+1 failed) |"
+        in md
+    )
     assert "| full | 0.5200 ± 0.0200 [0.4703, 0.5697] | 0.3100 ± 0.0100 [" in md
     assert "### toyrate — rating, full evaluation" in md and "dot_bias RMSE" in md
     assert "0.9000 ± 0.0141 [0.7729, 1.0271] |" in md  # no mark at n = 2
@@ -184,7 +228,12 @@ def test_failed_runs_listed(full_report) -> None:
     failed = pd.read_csv(out / "failed.csv")
     assert len(failed) == 1
     row = failed.iloc[0]
-    assert (row["model"], row["method"], row["seed"], row["status"]) == ("neumf", "dpq", 3, "FAILED")
+    assert (row["model"], row["method"], row["seed"], row["status"]) == (
+        "neumf",
+        "dpq",
+        3,
+        "FAILED",
+    )
     assert "CUDA out of memory" in row["error"]
 
 
@@ -238,7 +287,10 @@ def test_filter_and_experiment_in_process(store: Path, capsys: pytest.CaptureFix
     ("args", "expected"),
     [
         (["--uri", "sqlite:///{tmp}/missing.db"], "no MLflow store at"),
-        (["--uri", "sqlite:///{store}/mlflow.db", "--experiment", "nope"], "no experiment named 'nope'"),
+        (
+            ["--uri", "sqlite:///{store}/mlflow.db", "--experiment", "nope"],
+            "no experiment named 'nope'",
+        ),
         (["--uri", "sqlite:///{store}/mlflow.db", "--filter", "tags.model ~ 1"], "bad --filter"),
         (["--uri", "sqlite:///{tmp}/corrupt.db"], "cannot read the MLflow store"),
         (["--runs-dir", "{tmp}/nowhere"], "no run folder"),
@@ -250,7 +302,9 @@ def test_user_errors_in_process(args, expected, store: Path, tmp_path: Path,
     args = [a.format(tmp=tmp_path, store=store) for a in args]
     assert main([*args, "--out", str(tmp_path / "r"), "--no-mlflow"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("recbench report: error: ") and expected in err[0], err
+    assert len(err) == 1 and err[0].startswith("recbench report: error: ") and expected in err[0], (
+        err
+    )
 
 
 def test_runs_dir_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -259,16 +313,30 @@ def test_runs_dir_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for i, (method, hr) in enumerate([("full", 0.4), ("full", 0.6), ("dpq", 0.5), ("dpq", None)]):
         run = root / f"{i}_gmf_{method}_s{i}"
         run.mkdir(parents=True)
-        ident = {"dataset": "toy", "model": "gmf", "method": method, "user_method": "",
-                 "task": "ranking", "seed": str(i), "loss": "bce", "config_hash": f"h{i}",
-                 "preset": "p1"}
+        ident = {
+            "dataset": "toy",
+            "model": "gmf",
+            "method": method,
+            "user_method": "",
+            "task": "ranking",
+            "seed": str(i),
+            "loss": "bce",
+            "config_hash": f"h{i}",
+            "preset": "p1",
+        }
         if hr is None:
             record = {"status": "FAILED", "error": "ValueError: bad", **ident}
         else:
-            record = {"status": "FINISHED", **ident,
-                      "metrics": {"test/hr_at_10": hr, "test/ndcg_at_10": hr / 2,
-                                  "size/fraction_of_full": 1.0 if method == "full" else 0.1},
-                      "history": [{"epoch": 1, "train/loss": 0.7}, {"epoch": 2, "train/loss": 0.5}]}
+            record = {
+                "status": "FINISHED",
+                **ident,
+                "metrics": {
+                    "test/hr_at_10": hr,
+                    "test/ndcg_at_10": hr / 2,
+                    "size/fraction_of_full": 1.0 if method == "full" else 0.1,
+                },
+                "history": [{"epoch": 1, "train/loss": 0.7}, {"epoch": 2, "train/loss": 0.5}],
+            }
         (run / "metrics.json").write_text(json.dumps(record))
         (run / "config.yaml").write_text(f"method:\n  _target_: x.{method}\n  init_std: 0.01\n")
     assert main(["--runs-dir", str(root), "--out", str(tmp_path / "reports")]) == 0
@@ -286,6 +354,10 @@ def test_runs_dir_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "1 not finished (1 FAILED)" in stdout
     # --experiment selects run folders by the preset they ran under
     reports = str(tmp_path / "reports")
-    assert main(["--runs-dir", str(root), "--out", reports, "--experiment", "p1", "--name", "p"]) == 0
-    assert main(["--runs-dir", str(root), "--out", reports, "--experiment", "p2", "--name", "q"]) == 2
+    assert (
+        main(["--runs-dir", str(root), "--out", reports, "--experiment", "p1", "--name", "p"]) == 0
+    )
+    assert (
+        main(["--runs-dir", str(root), "--out", reports, "--experiment", "p2", "--name", "q"]) == 2
+    )
     assert "no runs match in experiment(s) p2" in capsys.readouterr().err

@@ -21,7 +21,9 @@ from recbench.serving import load_model
 from tests.conftest import ROOT
 
 
-def write_ml_100k(root: Path, users: int = 40, items: int = 36, seed: int = 0) -> dict[int, list[str]]:
+def write_ml_100k(
+    root: Path, users: int = 40, items: int = 36, seed: int = 0
+) -> dict[int, list[str]]:
     """u.data (every user rates 12 items) and u.item with 1-2 genres per item among the first 4;
     returns the genres by raw item id."""
     rng = np.random.default_rng(seed)
@@ -37,7 +39,9 @@ def write_ml_100k(root: Path, users: int = 40, items: int = 36, seed: int = 0) -
         chosen = sorted(rng.choice(np.arange(1, 5), size=1 + item % 2, replace=False).tolist())
         flags = ["1" if g in chosen else "0" for g in range(len(ML_100K_GENRES))]
         genres[item] = [ML_100K_GENRES[g] for g in chosen]
-        rows.append("|".join([str(item), f"Movie {item} (1995)", "01-Jan-1995", "", "http://x", *flags]))
+        rows.append(
+            "|".join([str(item), f"Movie {item} (1995)", "01-Jan-1995", "", "http://x", *flags])
+        )
     (folder / "u.item").write_text("\n".join(rows) + "\n", encoding="latin-1")
     return genres
 
@@ -61,7 +65,9 @@ def test_code_similarity_heatmap_matches_pairwise_count(method: str, tmp_path: P
         cmd += ["method.num_subspaces=8", "method.num_centroids=4", "tracking=none"]
     else:
         cmd += ["method.bits=2", "tracking=none"]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     serving = runs / method / "serving"
     with np.load(serving / "ids.npz") as ids:
@@ -111,7 +117,9 @@ def test_no_heatmap_for_unquantised_methods(tmp_path: Path) -> None:
         f"dataset.root={tmp_path / 'data'}", "train.epochs=1", "train.progress=false",
         "tracking=none", f"hydra.run.dir={runs / 'low_rank'}",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert main(["--runs-dir", str(runs), "--out", str(tmp_path / "reports"), "--name", "r"]) == 0
     assert not list((tmp_path / "reports" / "r" / "plots").glob("code_similarity__*"))

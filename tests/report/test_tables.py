@@ -157,8 +157,15 @@ def test_paired_p_values_match_the_formula() -> None:
     assert strict.p_noninferior == pytest.approx(result.p_value / 2)
     summary = summarize([0.1, 0.2, 0.6])
     half = 0.95 * math.sqrt(2 / (1 - 0.95**2)) * math.sqrt(0.07) / math.sqrt(3)
-    assert (summary.n, summary.mean, summary.std) == (3, pytest.approx(0.3), pytest.approx(0.07**0.5))
-    assert (summary.ci_low, summary.ci_high) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
+    assert (summary.n, summary.mean, summary.std) == (
+        3,
+        pytest.approx(0.3),
+        pytest.approx(0.07**0.5),
+    )
+    assert (summary.ci_low, summary.ci_high) == (
+        pytest.approx(0.3 - half),
+        pytest.approx(0.3 + half),
+    )
     assert summarize([0.5]).n == 1 and math.isnan(summarize([0.5]).ci_low)
 
 
@@ -199,10 +206,18 @@ def test_loss_enters_label_only_when_a_backbone_has_several() -> None:
 
 def test_drop_duplicates_keeps_latest_per_config_hash() -> None:
     rows = [
-        {**run("gmf", "full", 0, test__hr_at_10=0.1), "config_hash": "a", "run_id": "old",
-         "start_time": pd.Timestamp(1, unit="s")},
-        {**run("gmf", "full", 0, test__hr_at_10=0.2), "config_hash": "a", "run_id": "new",
-         "start_time": pd.Timestamp(2, unit="s")},
+        {
+            **run("gmf", "full", 0, test__hr_at_10=0.1),
+            "config_hash": "a",
+            "run_id": "old",
+            "start_time": pd.Timestamp(1, unit="s"),
+        },
+        {
+            **run("gmf", "full", 0, test__hr_at_10=0.2),
+            "config_hash": "a",
+            "run_id": "new",
+            "start_time": pd.Timestamp(2, unit="s"),
+        },
         {**run("gmf", "full", 1, test__hr_at_10=0.3), "config_hash": "b", "run_id": "other"},
     ]
     kept, dropped = drop_duplicates(frame(rows))
@@ -219,9 +234,15 @@ def test_formatting() -> None:
     hr = MetricSpec("HR@10", "test/hr_at_10", True)
     size = MetricSpec("Size %", "size/fraction_of_full", None, 100.0)
     assert format_cell(Cell(0.51234, 0.01, "reaches"), hr) == "0.5123 ± 0.0100*"
-    assert format_cell(Cell(0.5, 0.01, "beats", 0.49, 0.51), hr) == "0.5000 ± 0.0100 [0.4900, 0.5100]**"
+    assert (
+        format_cell(Cell(0.5, 0.01, "beats", 0.49, 0.51), hr)
+        == "0.5000 ± 0.0100 [0.4900, 0.5100]**"
+    )
     assert format_cell(Cell(0.5, float("nan")), hr) == "0.5000"
-    assert format_cell(Cell(0.5, 0.02, "reaches", 0.4, 0.6), hr, tex=True) == r"$0.5000 \pm 0.0200$\dag"
+    assert (
+        format_cell(Cell(0.5, 0.02, "reaches", 0.4, 0.6), hr, tex=True)
+        == r"$0.5000 \pm 0.0200$\dag"
+    )
     assert format_cell(Cell(0.5, 0.02, "beats"), hr, tex=True) == r"$0.5000 \pm 0.0200$\ddag"
     assert format_cell(Cell(3.125, 0.0), size) == "3.1"
     assert format_cell(Cell(0.0123, 0.0), size) == "0.012"
@@ -239,24 +260,36 @@ def test_renderers_agree_on_a_small_table() -> None:
     ]
     tables = build_tables(make_report(frame(rows)).aggregated)
     md = to_markdown(tables)
-    assert "| full | 0.5000 ± 0.1000 [0.2516, 0.7484] | 0.2500 ± 0.0500 [0.1258, 0.3742] | 100.0 | 3 |" in md
-    assert "| dpq | 0.6000 ± 0.1000 [0.3516, 0.8484]** | 0.2000 ± 0.0000 [0.2000, 0.2000] | 10.0 | 3 |" in md
+    assert (
+        "| full | 0.5000 ± 0.1000 [0.2516, 0.7484] | 0.2500 ± 0.0500 [0.1258, 0.3742] | 100.0 | 3 |"
+        in md
+    )
+    assert (
+        "| dpq | 0.6000 ± 0.1000 [0.3516, 0.8484]** | 0.2000 ± 0.0000 [0.2000, 0.2000] | 10.0 | 3 |"
+        in md
+    )
     tex = to_latex(tables)
     assert r"dpq & $0.6000 \pm 0.1000$\ddag & $0.2000 \pm 0.0000$ & $10.0$ & 3 \\" in tex
     assert "\\begin{tabular}{l cccc}" in tex and "---" in tex
     csv = to_csv_frame(tables).set_index("method")
     assert csv.loc["full", "gmf HR@10 std"] == pytest.approx(0.1)
-    assert csv.loc["full", "gmf HR@10 ci_high"] == pytest.approx(0.5 + 4.302652729911275 * 0.1 / 3**0.5)
+    assert csv.loc["full", "gmf HR@10 ci_high"] == pytest.approx(
+        0.5 + 4.302652729911275 * 0.1 / 3**0.5
+    )
     assert csv.loc["dpq", "gmf Size % mean"] == pytest.approx(10.0)
     assert csv.loc["dpq", "gmf HR@10 beats_full"] and csv.loc["dpq", "gmf HR@10 reaches_full"]
     assert csv.loc["dpq", "gmf HR@10 p_value"] < 1e-6 and csv.loc["dpq", "gmf HR@10 n_paired"] == 3
     assert not csv.loc["dpq", "gmf NDCG@10 reaches_full"]  # 0, -.1, -.05: not shown either way
     assert csv.loc["dpq", "gmf NDCG@10 verdict"] == "inconclusive"
-    assert {"gmf HR@10 n", "gmf HR@10 ci_low", "gmf HR@10 p_noninferior", "gmf settings"} <= set(csv.columns)
+    assert {"gmf HR@10 n", "gmf HR@10 ci_low", "gmf HR@10 p_noninferior", "gmf settings"} <= set(
+        csv.columns
+    )
 
 
 def test_loader_helpers() -> None:
-    assert eval_protocol_of({}, {"eval.protocol": "sampled", "eval.num_sampled": "50"}) == "sampled-50"
+    assert (
+        eval_protocol_of({}, {"eval.protocol": "sampled", "eval.num_sampled": "50"}) == "sampled-50"
+    )
     assert eval_protocol_of({"eval_protocol": "sampled-100"}, {}) == "sampled-100"
     assert eval_protocol_of({}, {}) == "full"
     knobs = json.loads(knobs_of({"method._target_": "x", "method.bits": "4", "method.budget": "None",

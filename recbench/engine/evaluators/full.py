@@ -14,9 +14,7 @@ from recbench.data.prepared import PreparedData
 from recbench.engine.evaluators.metrics import metrics_from_ranks, ranks_of_targets
 
 
-def csr_rows_mask(
-    indptr: Tensor, indices: Tensor, rows: Tensor, num_cols: int
-) -> Tensor:
+def csr_rows_mask(indptr: Tensor, indices: Tensor, rows: Tensor, num_cols: int) -> Tensor:
     """Dense (len(rows), num_cols) bool mask with True at each row's CSR entries (vectorised)."""
     starts = indptr[rows]
     lengths = indptr[rows + 1] - starts
@@ -103,7 +101,9 @@ class RankingEvaluator:
             scores = score_fn(self.context_of(users, part)).float()
             out.append(
                 ranks_of_targets(
-                    scores, spec.targets[batch], self.exclusion(users, part, batch),
+                    scores,
+                    spec.targets[batch],
+                    self.exclusion(users, part, batch),
                     where=f"{part} scores",
                 )
             )
@@ -122,6 +122,4 @@ class RankingEvaluator:
     def popularity(self, item_counts: Tensor, part: str) -> dict[str, float]:
         """The most-popular-unseen-items baseline: every user's scores are the training counts."""
         counts = item_counts.to(self.device, torch.float32)
-        return metrics_from_ranks(
-            self.ranks(lambda ctx: counts.expand(len(ctx), -1), part), self.k
-        )
+        return metrics_from_ranks(self.ranks(lambda ctx: counts.expand(len(ctx), -1), part), self.k)

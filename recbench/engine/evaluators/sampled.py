@@ -61,7 +61,9 @@ def data_fingerprint(data: PreparedData) -> str:
     return h.hexdigest()
 
 
-def negatives_path(data: PreparedData, seed: int, num_sampled: int, directory: str | os.PathLike[str]) -> Path:
+def negatives_path(
+    data: PreparedData, seed: int, num_sampled: int, directory: str | os.PathLike[str]
+) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(data.name)) or "dataset"
     return Path(directory) / f"{name}-{data_fingerprint(data)[:16]}-seed{seed}-n{num_sampled}.npz"
 
@@ -130,7 +132,9 @@ def load_or_draw(
     Returns ``({"valid": (users, negatives), "test": (users, negatives)}, path)``.
     """
     if int(num_sampled) < 1:
-        raise ConfigError(f"eval.num_sampled={num_sampled} must be >= 1 (the SASRec paper uses 100)")
+        raise ConfigError(
+            f"eval.num_sampled={num_sampled} must be >= 1 (the SASRec paper uses 100)"
+        )
     path = negatives_path(data, seed, num_sampled, directory)
     fingerprint = data_fingerprint(data)
     if path.exists():
@@ -143,7 +147,9 @@ def load_or_draw(
         log.info("sampled protocol: reusing %s", path)
         return parts, path
 
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(num_sampled), _FORMAT_VERSION]))
+    rng = np.random.default_rng(
+        np.random.SeedSequence([int(seed), int(num_sampled), _FORMAT_VERSION])
+    )
     parts = {}
     for part_name, part in (("valid", data.valid), ("test", data.test)):
         users = np.asarray(part.user, dtype=np.int64)
@@ -196,7 +202,9 @@ class SampledEvaluator:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.num_sampled = int(num_sampled)
-        saved, self.path = load_or_draw(data, seed=seed, num_sampled=num_sampled, directory=directory)
+        saved, self.path = load_or_draw(
+            data, seed=seed, num_sampled=num_sampled, directory=directory
+        )
         targets = {"valid": data.valid, "test": data.test}
         self.parts: dict[str, tuple[Tensor, Tensor]] = {}
         for part, (users, negatives) in saved.items():

@@ -37,7 +37,9 @@ class SequenceContext:
     """``context_of(users, part)`` for ``RankingEvaluator``: user ids -> their left-padded input
     sequences for the validation or the test prediction."""
 
-    def __init__(self, data: PreparedData, max_len: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, data: PreparedData, max_len: int, device: torch.device | str = "cpu"
+    ) -> None:
         check_max_len(max_len)
         self.max_len = int(max_len)
         self.tables = {

@@ -43,7 +43,9 @@ def sampled_softmax_from_logits(
     ``(..., S)``: logits of the shared ``candidates`` ``(S,)``; ``log_q`` ``(n + 1,)``."""
     pos = positive - log_q[positives]
     neg = negative - log_q[candidates]
-    hits = positives.unsqueeze(-1) == candidates  # accidental hits: the positive drawn as a negative
+    hits = (
+        positives.unsqueeze(-1) == candidates
+    )  # accidental hits: the positive drawn as a negative
     neg = neg.masked_fill(hits, float("-inf"))
     logits = torch.cat([pos.unsqueeze(-1), neg], -1)
     return torch.logsumexp(logits, -1) - pos

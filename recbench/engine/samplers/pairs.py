@@ -46,7 +46,9 @@ class PairSampler:
             items = pos.unsqueeze(1)
             drawn = self.shared.draw(len(self), generator)
         else:
-            items = torch.cat([pos.unsqueeze(1), self.negatives.sample(users, self.k, generator)], 1)
+            items = torch.cat(
+                [pos.unsqueeze(1), self.negatives.sample(users, self.k, generator)], 1
+            )
         for step, start in enumerate(range(0, len(users), self.batch_size)):
             stop = start + self.batch_size
             if self.shared is not None:

@@ -30,4 +30,6 @@ class RatingSampler:
         users, items, ratings = self.users[perm], self.items[perm], self.ratings[perm]
         for start in range(0, len(users), self.batch_size):
             stop = start + self.batch_size
-            yield Batch(context=users[start:stop], items=items[start:stop], target=ratings[start:stop])
+            yield Batch(
+                context=users[start:stop], items=items[start:stop], target=ratings[start:stop]
+            )

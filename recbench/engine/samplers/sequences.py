@@ -19,7 +19,6 @@ Everything is built once, vectorised, as tensors on the training device; an epoc
 draws negatives and slices batches.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -50,7 +49,9 @@ def left_padded_windows(
     return out
 
 
-def training_sequences(data: PreparedData, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_sequences(
+    data: PreparedData, max_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, inputs, positives): one row per user with at least two training items; ``inputs`` are
     the training items but the last and ``positives`` the items but the first, both ``(U, max_len)``,
     left-padded, most recent last."""
@@ -121,7 +122,10 @@ class SequenceSampler:
         self.mask = self.positives != 0
         self.lengths = torch.from_numpy((positives != 0).sum(1)).to(device)
         self.negatives = NegativeSampler(
-            torch.from_numpy(data.train.user), torch.from_numpy(data.train.item), data.num_items, device
+            torch.from_numpy(data.train.user),
+            torch.from_numpy(data.train.item),
+            data.num_items,
+            device,
         )
 
     def __len__(self) -> int:

@@ -61,7 +61,9 @@ class SharedNegatives:
                 1, self.num_items + 1, (total,), device=self.device, generator=generator
             )
         else:
-            ids = torch.multinomial(self._drawable, total, replacement=True, generator=generator) + 1
+            ids = (
+                torch.multinomial(self._drawable, total, replacement=True, generator=generator) + 1
+            )
         return ids.view(num_batches, self.num_sampled)
 
 
