@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ from torch import Tensor
 from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.embeddings.vq import (
     VQEmbedding,
-    check_common_knobs,
+    VQKnobs,
     check_num_centroids,
     check_num_subspaces,
     code_bits,
@@ -56,8 +57,26 @@ from recbench.embeddings.vq import (
 from recbench.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class DPQKnobs(VQKnobs):
+    """DPQ's knobs: ``D`` subspaces of ``d/D`` dims with ``K`` centroids each (paper: 64, 256),
+    plus the shared ``beta``, ``aux_weight`` and ``init_std``."""
+
+    num_subspaces: int = 64  # D, must divide the embedding dimension
+    num_centroids: int = 256  # K centroids per subspace, 2..65536
+
+    def validate(self, embedding_dim: int) -> None:
+        check_num_subspaces(self.num_subspaces, embedding_dim)
+        check_num_centroids(self.num_centroids)
+        super().validate(embedding_dim)
+
+
 class DPQEmbedding(VQEmbedding):
     """DPQ-VQ: ``D`` subspaces with ``K`` centroids each; serves ``n*D*ceil(log2 K) + 32*K*d`` bits."""
+
+    knob_type = DPQKnobs
+    num_subspaces: int
+    num_centroids: int
 
     def __init__(
         self,
@@ -65,46 +84,13 @@ class DPQEmbedding(VQEmbedding):
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        num_subspaces: int = 64,
-        num_centroids: int = 256,
-        beta: float = 0.25,
-        aux_weight: float = 1.0,
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        self.check_knobs(
-            embedding_dim,
-            num_subspaces=num_subspaces,
-            num_centroids=num_centroids,
-            beta=beta,
-            aux_weight=aux_weight,
-            init_std=init_std,
-        )
-        super().__init__(
-            num_embeddings, embedding_dim, counts=counts, beta=beta, aux_weight=aux_weight,
-            init_std=init_std,
-        )  # fmt: skip
-        self.num_subspaces = int(num_subspaces)
-        self.num_centroids = int(num_centroids)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.subspace_dim = self.embedding_dim // self.num_subspaces
         self.centroids = self._centroids_init(
             self.num_subspaces, self.num_centroids, self.subspace_dim
         )
-
-    # ------------------------------------------------------------------ knobs
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        check_num_subspaces(knobs.get("num_subspaces", 64), embedding_dim)
-        check_num_centroids(knobs.get("num_centroids", 256))
-        check_common_knobs(knobs)
-
-    def knobs(self) -> dict[str, Any]:
-        return {
-            "num_subspaces": self.num_subspaces,
-            "num_centroids": self.num_centroids,
-            "beta": self.beta,
-            "aux_weight": self.aux_weight,
-            "init_std": self.init_std,
-        }
 
     # ------------------------------------------------------------ VQ layout
     def _centroid_tensors(self) -> list[Tensor]:
@@ -173,7 +159,7 @@ class DPQEmbedding(VQEmbedding):
     ) -> dict[str, Any]:
         """Choose ``num_subspaces``: ``K`` stays as configured (the MGQE paper varies ``D`` for
         smaller models, Figure 6) and ``D`` is the largest divisor of ``d`` that fits the budget."""
-        num_centroids = check_num_centroids(knobs.get("num_centroids", 256))
+        num_centroids = cls.check_knobs(embedding_dim, **knobs).num_centroids
         n, d = int(num_ids), int(embedding_dim)
         full = 32 * n * d
 
