@@ -46,10 +46,12 @@ from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.embeddings.vq import (
     VQEmbedding,
     VQKnobs,
+    centroid_ladder,
     check_num_centroids,
     check_num_subspaces,
     code_bits,
     divisors_descending,
+    fits_best,
     gather_centroids,
     nearest_centroids,
     quantize,
@@ -157,21 +159,29 @@ class DPQEmbedding(VQEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> dict[str, Any]:
-        """Choose ``num_subspaces``: ``K`` stays as configured (the MGQE paper varies ``D`` for
-        smaller models, Figure 6) and ``D`` is the largest divisor of ``d`` that fits the budget."""
-        num_centroids = cls.check_knobs(embedding_dim, **knobs).num_centroids
+        """Choose ``num_subspaces`` D and ``num_centroids`` K, the paper's two size knobs: the
+        largest layer that fits the budget over D in the divisors of ``d`` and K in
+        ``centroid_ladder`` (the configured K, then the powers of two below it, down to 2). On
+        equal sizes the configured K wins, then the larger K.
+
+        Why K too: the ``32 K d`` centroid bits do not shrink with D, so with K fixed a small table
+        (943 users at d = 64) cannot go below about ``K / n`` of full (27 % at K = 256)."""
+        parsed = cls.check_knobs(embedding_dim, **knobs)
         n, d = int(num_ids), int(embedding_dim)
         full = 32 * n * d
 
-        def bits(subspaces: int) -> int:
-            return n * subspaces * code_bits(num_centroids) + 32 * num_centroids * d
+        def bits(subspaces: int, centroids: int) -> int:
+            return n * subspaces * code_bits(centroids) + 32 * centroids * d
 
-        for subspaces in divisors_descending(d):
-            if bits(subspaces) <= budget * full:
-                return {**knobs, "num_subspaces": subspaces}
-        smallest = bits(1) / full
+        ladder = centroid_ladder(parsed.num_centroids)
+        grid = ((bits(D, K), (D, K)) for K in ladder for D in divisors_descending(d))
+        best = fits_best(grid, budget * full)
+        if best is not None:
+            subspaces, centroids = best[1]
+            return {**knobs, "num_subspaces": subspaces, "num_centroids": centroids}
+        smallest = bits(1, ladder[-1]) / full
         raise ConfigError(
             f"method.budget={budget} is below the smallest {cls.__name__} size ({smallest:.6f} of "
-            f"full at num_subspaces=1, num_centroids={num_centroids}); use method.budget >= "
-            f"{math.ceil(smallest * 1e6) / 1e6} or fewer method.num_centroids"
+            f"full at num_subspaces=1, num_centroids={ladder[-1]}); use method.budget >= "
+            f"{math.ceil(smallest * 1e6) / 1e6}"
         )

@@ -43,6 +43,7 @@ from recbench.embeddings.vq import (
     check_num_subspaces,
     code_bits,
     divisors_descending,
+    fits_best,
     gather_centroids,
     nearest_centroids,
     quantize,
@@ -391,13 +392,18 @@ class MGQEmbedding(VQEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> dict[str, Any]:
-        """Choose ``num_subspaces``; tiers and ``K_i`` stay as configured (the paper varies ``D`` for
-        smaller models, Figure 6).
+        """Choose ``num_subspaces`` and ``num_centroids`` (the paper's two size knobs); tiers stay
+        as configured. The largest layer that fits the budget over:
 
-        ``shared_k``/``unshared_k``: the largest divisor ``D`` of ``d`` that fits. ``unshared_d``:
-        the head tier gets the largest divisor ``D_1`` that fits and every other tier keeps its
-        configured ratio to the largest configured ``D``, rounded down to a divisor of ``d`` (at
-        least 1), e.g. ``[64, 32]`` -> ``[32, 16]`` -> ``[16, 8]``.
+        * ``K_i``: the configured list scaled down together by powers of two, ratios kept, each
+          ``K_i`` at least 2 (``[256, 64] -> [128, 32] -> ... -> [8, 2] -> [4, 2] -> [2, 2]``);
+        * ``D``: ``shared_k``/``unshared_k``: every divisor of ``d``. ``unshared_d``: the head tier
+          any divisor ``D_1``, every other tier its configured ratio to the largest configured
+          ``D``, rounded down to a divisor of ``d`` (at least 1), e.g. ``[64, 32]`` -> ``[32, 16]``.
+
+        On equal sizes the configured ``K_i`` win, then the larger ones. Why ``K`` too: the
+        ``32 K d`` centroid bits do not shrink with ``D``, so with ``K`` fixed a small table cannot
+        go below about ``K / n`` of full.
         """
         parsed = cls.check_knobs(embedding_dim, **knobs)
         variant = parsed.variant
@@ -412,15 +418,26 @@ class MGQEmbedding(VQEmbedding):
                 return [head] * len(ds)
             return [next((q for q in divisors if q <= max(1.0, head * dd / top)), 1) for dd in ds]
 
+        ladder = [list(ks)]
+        while any(k > 2 for k in ladder[-1]):
+            ladder.append([max(2, int(k) >> len(ladder)) for k in ks])
+        grid = (
+            (mgqe_serving_bits(variant, sizes, tier_ks, scaled(head), d), (tier_ks, head))
+            for tier_ks in ladder
+            for head in divisors
+        )
         full = 32 * n * d
-        for head in divisors:
-            candidate = scaled(head)
-            if mgqe_serving_bits(variant, sizes, ks, candidate, d) <= budget * full:
-                value: int | list[int] = candidate if variant == "unshared_d" else head
-                return {**knobs, "num_subspaces": value}
-        smallest = mgqe_serving_bits(variant, sizes, ks, scaled(1), d) / full
+        best = fits_best(grid, budget * full)
+        if best is not None:
+            tier_ks, head = best[1]
+            value: int | list[int] = scaled(head) if variant == "unshared_d" else head
+            solved = {**knobs, "num_subspaces": value}
+            if tier_ks != ladder[0]:
+                solved["num_centroids"] = tier_ks
+            return solved
+        smallest = mgqe_serving_bits(variant, sizes, ladder[-1], scaled(1), d) / full
         raise ConfigError(
             f"method.budget={budget} is below the smallest {cls.__name__} size ({smallest:.6f} of "
-            f"full at num_subspaces=1, num_centroids={list(ks)}); use method.budget >= "
-            f"{math.ceil(smallest * 1e6) / 1e6} or fewer method.num_centroids"
+            f"full at num_subspaces=1, num_centroids={ladder[-1]}); use method.budget >= "
+            f"{math.ceil(smallest * 1e6) / 1e6}"
         )

@@ -33,7 +33,7 @@ batched matrix product (``baddbmm``) per row chunk, then ``argmin``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, NamedTuple
 
@@ -499,6 +499,26 @@ def check_num_subspaces(value: Any, embedding_dim: int, where: str = "method.num
 def divisors_descending(n: int) -> list[int]:
     """Divisors of ``n`` from largest to smallest (the candidate numbers of subspaces)."""
     return [k for k in range(n, 0, -1) if n % k == 0]
+
+
+def centroid_ladder(num_centroids: int) -> list[int]:
+    """The ``K`` a budget solver tries, in order of preference: the configured ``K``, then the
+    powers of two below it down to 2 (``256 -> 256, 128, ..., 2``; ``200 -> 200, 128, ..., 2``).
+
+    Why powers of two: a code takes ``ceil(log2 K)`` bits, so between two powers of two a smaller
+    ``K`` saves only centroids, never code bits."""
+    k = int(num_centroids)
+    return [k, *(1 << b for b in range(code_bits(k) - 1, 0, -1) if 1 << b < k)]
+
+
+def fits_best(candidates: Iterable[tuple[int, Any]], limit: float) -> tuple[int, Any] | None:
+    """The ``(bits, knobs)`` candidate with the most bits not above ``limit``; on equal bits the
+    earlier one (candidates come in order of preference). None when none fits."""
+    best: tuple[int, Any] | None = None
+    for bits, chosen in candidates:
+        if bits <= limit and (best is None or bits > best[0]):
+            best = (bits, chosen)
+    return best
 
 
 def as_list(value: Any) -> list[Any] | None:
