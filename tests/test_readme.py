@@ -41,7 +41,7 @@ EXEMPT = {
 }
 
 #: Small synthetic data for sweeps on the default dataset: large enough that every method of the
-#: equal-memory example reaches budget 0.5 (DPQ/MGQE store K = 256 centroids: K/n must be < 0.5).
+#: equal-memory example reaches budget 0.5.
 SYNTHETIC = ["dataset.loader.num_users=1500", "dataset.loader.num_items=1200",
              "dataset.loader.events_per_user=6"]  # fmt: skip
 #: Tiny synthetic data for single runs (a few seconds each, most of it Python start-up).

@@ -21,7 +21,7 @@ import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, ClassVar, TypeVar, Union
 
 import numpy as np
@@ -74,9 +74,10 @@ class Knobs:
         for f in fields(self):
             value, expected = getattr(self, f.name), hints[f.name]
             if not _matches(value, expected):
+                default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
                 raise ConfigError(
                     f"method.{f.name}={value!r} must be {_describe(expected)}; the default is "
-                    f"method.{f.name}={f.default!r}"
+                    f"method.{f.name}={default!r}"
                 )
 
     def coerced(self: K) -> K:
@@ -183,9 +184,7 @@ class CompressedEmbedding(nn.Module):
                     f"{self.num_embeddings} ids (padding included); pass one count per id"
                 )
         self.counts: Tensor | None = counts
-        self.given_knobs = CompressedEmbedding.check_knobs.__func__(  # type: ignore[attr-defined]
-            type(self), self.embedding_dim, **knobs
-        )  # the knob_type's rules even where a method still overrides check_knobs (DPQ, MGQE)
+        self.given_knobs = self.check_knobs(self.embedding_dim, **knobs)
         for f in fields(self.given_knobs):
             setattr(self, f.name, getattr(self.given_knobs, f.name))
         self._aux_terms: list[Tensor] = []

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,11 +45,13 @@ from torch import Tensor
 from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.embeddings.vq import (
     VQEmbedding,
-    check_common_knobs,
+    VQKnobs,
+    centroid_ladder,
     check_num_centroids,
     check_num_subspaces,
     code_bits,
     divisors_descending,
+    fits_best,
     gather_centroids,
     nearest_centroids,
     quantize,
@@ -56,8 +59,26 @@ from recbench.embeddings.vq import (
 from recbench.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class DPQKnobs(VQKnobs):
+    """DPQ's knobs: ``D`` subspaces of ``d/D`` dims with ``K`` centroids each (paper: 64, 256),
+    plus the shared ``beta``, ``aux_weight`` and ``init_std``."""
+
+    num_subspaces: int = 64  # D, must divide the embedding dimension
+    num_centroids: int = 256  # K centroids per subspace, 2..65536
+
+    def validate(self, embedding_dim: int) -> None:
+        check_num_subspaces(self.num_subspaces, embedding_dim)
+        check_num_centroids(self.num_centroids)
+        super().validate(embedding_dim)
+
+
 class DPQEmbedding(VQEmbedding):
     """DPQ-VQ: ``D`` subspaces with ``K`` centroids each; serves ``n*D*ceil(log2 K) + 32*K*d`` bits."""
+
+    knob_type = DPQKnobs
+    num_subspaces: int
+    num_centroids: int
 
     def __init__(
         self,
@@ -65,46 +86,13 @@ class DPQEmbedding(VQEmbedding):
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        num_subspaces: int = 64,
-        num_centroids: int = 256,
-        beta: float = 0.25,
-        aux_weight: float = 1.0,
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        self.check_knobs(
-            embedding_dim,
-            num_subspaces=num_subspaces,
-            num_centroids=num_centroids,
-            beta=beta,
-            aux_weight=aux_weight,
-            init_std=init_std,
-        )
-        super().__init__(
-            num_embeddings, embedding_dim, counts=counts, beta=beta, aux_weight=aux_weight,
-            init_std=init_std,
-        )  # fmt: skip
-        self.num_subspaces = int(num_subspaces)
-        self.num_centroids = int(num_centroids)
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.subspace_dim = self.embedding_dim // self.num_subspaces
         self.centroids = self._centroids_init(
             self.num_subspaces, self.num_centroids, self.subspace_dim
         )
-
-    # ------------------------------------------------------------------ knobs
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        check_num_subspaces(knobs.get("num_subspaces", 64), embedding_dim)
-        check_num_centroids(knobs.get("num_centroids", 256))
-        check_common_knobs(knobs)
-
-    def knobs(self) -> dict[str, Any]:
-        return {
-            "num_subspaces": self.num_subspaces,
-            "num_centroids": self.num_centroids,
-            "beta": self.beta,
-            "aux_weight": self.aux_weight,
-            "init_std": self.init_std,
-        }
 
     # ------------------------------------------------------------ VQ layout
     def _centroid_tensors(self) -> list[Tensor]:
@@ -171,21 +159,29 @@ class DPQEmbedding(VQEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> dict[str, Any]:
-        """Choose ``num_subspaces``: ``K`` stays as configured (the MGQE paper varies ``D`` for
-        smaller models, Figure 6) and ``D`` is the largest divisor of ``d`` that fits the budget."""
-        num_centroids = check_num_centroids(knobs.get("num_centroids", 256))
+        """Choose ``num_subspaces`` D and ``num_centroids`` K, the paper's two size knobs: the
+        largest layer that fits the budget over D in the divisors of ``d`` and K in
+        ``centroid_ladder`` (the configured K, then the powers of two below it, down to 2). On
+        equal sizes the configured K wins, then the larger K.
+
+        Why K too: the ``32 K d`` centroid bits do not shrink with D, so with K fixed a small table
+        (943 users at d = 64) cannot go below about ``K / n`` of full (27 % at K = 256)."""
+        parsed = cls.check_knobs(embedding_dim, **knobs)
         n, d = int(num_ids), int(embedding_dim)
         full = 32 * n * d
 
-        def bits(subspaces: int) -> int:
-            return n * subspaces * code_bits(num_centroids) + 32 * num_centroids * d
+        def bits(subspaces: int, centroids: int) -> int:
+            return n * subspaces * code_bits(centroids) + 32 * centroids * d
 
-        for subspaces in divisors_descending(d):
-            if bits(subspaces) <= budget * full:
-                return {**knobs, "num_subspaces": subspaces}
-        smallest = bits(1) / full
+        ladder = centroid_ladder(parsed.num_centroids)
+        grid = ((bits(D, K), (D, K)) for K in ladder for D in divisors_descending(d))
+        best = fits_best(grid, budget * full)
+        if best is not None:
+            subspaces, centroids = best[1]
+            return {**knobs, "num_subspaces": subspaces, "num_centroids": centroids}
+        smallest = bits(1, ladder[-1]) / full
         raise ConfigError(
             f"method.budget={budget} is below the smallest {cls.__name__} size ({smallest:.6f} of "
-            f"full at num_subspaces=1, num_centroids={num_centroids}); use method.budget >= "
-            f"{math.ceil(smallest * 1e6) / 1e6} or fewer method.num_centroids"
+            f"full at num_subspaces=1, num_centroids={ladder[-1]}); use method.budget >= "
+            f"{math.ceil(smallest * 1e6) / 1e6}"
         )

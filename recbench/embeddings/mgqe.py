@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,12 +37,13 @@ from torch import Tensor, nn
 from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.embeddings.vq import (
     VQEmbedding,
+    VQKnobs,
     as_list,
-    check_common_knobs,
     check_num_centroids,
     check_num_subspaces,
     code_bits,
     divisors_descending,
+    fits_best,
     gather_centroids,
     nearest_centroids,
     quantize,
@@ -108,10 +110,72 @@ def mgqe_serving_bits(
     return codes + sum(32 * k * embedding_dim for k in ks)
 
 
+@dataclass(frozen=True)
+class MGQEKnobs(VQKnobs):
+    """MGQE's knobs: the variant, the frequency tiers, and ``K_i`` / ``D_i`` per tier (a single
+    number applies to every tier), plus the shared ``beta``, ``aux_weight`` and ``init_std``."""
+
+    variant: str = "shared_k"  # one of VARIANTS
+    tier_fractions: list[float] | None = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    tier_sizes: list[int] | None = None  # explicit ids per tier; overrides tier_fractions
+    num_centroids: int | list[int] = field(default_factory=lambda: list(DEFAULT_CENTROIDS))
+    num_subspaces: int | list[int] = 64
+
+    def validate(self, embedding_dim: int) -> None:
+        self.check_types()  # first: a wrong scalar would otherwise be named as tier 0's value
+        variant = self.variant
+        if variant not in VARIANTS:
+            raise ConfigError(
+                f"method.variant={variant} is unknown; use shared_k (the paper's default), "
+                "unshared_k or unshared_d"
+            )
+        ks, ds = tier_lists(self.num_tiers(), self.num_centroids, self.num_subspaces)
+        for i, k in enumerate(ks):
+            check_num_centroids(k, f"method.num_centroids[{i}]")
+        for i, dd in enumerate(ds):
+            check_num_subspaces(dd, embedding_dim, f"method.num_subspaces[{i}]")
+        if variant != "unshared_d" and len(set(ds)) > 1:
+            raise ConfigError(
+                f"method.num_subspaces={list(ds)} varies by tier, which needs separate centroid "
+                f"tables; use method.variant=unshared_d or a single number with variant={variant}"
+            )
+        super().validate(embedding_dim)
+
+    def num_tiers(self) -> int:
+        """The number of tiers (``tier_sizes`` wins over ``tier_fractions``), after checking the
+        list that defines them."""
+        sizes = self.tier_sizes
+        if sizes is not None:
+            values = as_list(sizes)
+            if not values or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values
+            ):
+                raise ConfigError(
+                    f"method.tier_sizes={sizes} must be a list of non-negative ints (head first); "
+                    "use e.g. [600, 5440] or set it to null and use method.tier_fractions"
+                )
+            return len(values)
+        fractions = self.tier_fractions
+        values = as_list(fractions) if fractions is not None else list(DEFAULT_FRACTIONS)
+        if (
+            not values
+            or any(isinstance(f, bool) or not isinstance(f, int | float) or f <= 0 for f in values)
+            or abs(sum(values) - 1.0) > 1e-6
+        ):
+            raise ConfigError(
+                f"method.tier_fractions={fractions} must be positive fractions of the ids that "
+                "sum to 1 (head first); use e.g. [0.1, 0.9]"
+            )
+        return len(values)
+
+
 class MGQEmbedding(VQEmbedding):
     """MGQE: DPQ whose code capacity (``K_i`` or ``D_i``) depends on the id's frequency tier."""
 
     frequency_aware = True
+    knob_type = MGQEKnobs
+    variant: str
+    tier_fractions: list[float] | None
 
     def __init__(
         self,
@@ -119,35 +183,15 @@ class MGQEmbedding(VQEmbedding):
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        variant: str = "shared_k",
-        tier_fractions: Sequence[float] | None = DEFAULT_FRACTIONS,
-        tier_sizes: Sequence[int] | None = None,
-        num_centroids: int | Sequence[int] = DEFAULT_CENTROIDS,
-        num_subspaces: int | Sequence[int] = 64,
-        beta: float = 0.25,
-        aux_weight: float = 1.0,
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        self.check_knobs(
-            embedding_dim,
-            variant=variant,
-            tier_fractions=tier_fractions,
-            tier_sizes=tier_sizes,
-            num_centroids=num_centroids,
-            num_subspaces=num_subspaces,
-            beta=beta,
-            aux_weight=aux_weight,
-            init_std=init_std,
-        )
-        super().__init__(
-            num_embeddings, embedding_dim, counts=counts, beta=beta, aux_weight=aux_weight,
-            init_std=init_std,
-        )  # fmt: skip
-        self.variant = str(variant)
-        self.tier_fractions = None if tier_fractions is None else [float(f) for f in tier_fractions]
-        self.tier_sizes = resolve_tiers(self.num_ids, tier_fractions, tier_sizes)
+        """The base sets the knobs as given; the tiers, ``num_centroids`` and ``num_subspaces``
+        are then resolved to one entry per tier (what ``knobs()`` records)."""
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
+        given = self.given_knobs
+        self.tier_sizes = resolve_tiers(self.num_ids, given.tier_fractions, given.tier_sizes)
         self.num_tiers = len(self.tier_sizes)
-        ks, ds = tier_lists(self.num_tiers, num_centroids, num_subspaces)
+        ks, ds = tier_lists(self.num_tiers, given.num_centroids, given.num_subspaces)
         self.num_centroids = [int(k) for k in ks]
         self.num_subspaces = [int(dd) for dd in ds]
         # Tier i holds ids [starts[i], ends[i]) (id 0 is padding, so tier 0 starts at 1).
@@ -171,57 +215,6 @@ class MGQEmbedding(VQEmbedding):
         else:
             shapes = [(dd, k, d // dd) for k, dd in zip(self.num_centroids, self.num_subspaces)]
         self.centroids = nn.ParameterList([self._centroids_init(*shape) for shape in shapes])
-
-    # ------------------------------------------------------------------ knobs
-    @classmethod
-    def check_knobs(cls, embedding_dim: int, **knobs: Any) -> None:
-        variant = knobs.get("variant", "shared_k")
-        if variant not in VARIANTS:
-            raise ConfigError(
-                f"method.variant={variant} is unknown; use shared_k (the paper's default), "
-                "unshared_k or unshared_d"
-            )
-        sizes = knobs.get("tier_sizes")
-        if sizes is not None:
-            values = as_list(sizes)
-            if not values or any(
-                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values
-            ):
-                raise ConfigError(
-                    f"method.tier_sizes={sizes} must be a list of non-negative ints (head first); "
-                    "use e.g. [600, 5440] or set it to null and use method.tier_fractions"
-                )
-            num_tiers = len(values)
-        else:
-            fractions = knobs.get("tier_fractions", DEFAULT_FRACTIONS)
-            values = as_list(fractions) if fractions is not None else list(DEFAULT_FRACTIONS)
-            if (
-                not values
-                or any(
-                    isinstance(f, bool) or not isinstance(f, int | float) or f <= 0 for f in values
-                )
-                or abs(sum(values) - 1.0) > 1e-6
-            ):
-                raise ConfigError(
-                    f"method.tier_fractions={fractions} must be positive fractions of the ids that "
-                    "sum to 1 (head first); use e.g. [0.1, 0.9]"
-                )
-            num_tiers = len(values)
-        ks, ds = tier_lists(
-            num_tiers,
-            knobs.get("num_centroids", DEFAULT_CENTROIDS),
-            knobs.get("num_subspaces", 64),
-        )
-        for i, k in enumerate(ks):
-            check_num_centroids(k, f"method.num_centroids[{i}]")
-        for i, dd in enumerate(ds):
-            check_num_subspaces(dd, embedding_dim, f"method.num_subspaces[{i}]")
-        if variant != "unshared_d" and len(set(ds)) > 1:
-            raise ConfigError(
-                f"method.num_subspaces={list(ds)} varies by tier, which needs separate centroid "
-                f"tables; use method.variant=unshared_d or a single number with variant={variant}"
-            )
-        check_common_knobs(knobs)
 
     def knobs(self) -> dict[str, Any]:
         """Resolved knobs; ``tier_sizes``, ``num_centroids`` and ``num_subspaces`` per tier."""
@@ -399,25 +392,24 @@ class MGQEmbedding(VQEmbedding):
         counts: Tensor | None = None,
         **knobs: Any,
     ) -> dict[str, Any]:
-        """Choose ``num_subspaces``; tiers and ``K_i`` stay as configured (the paper varies ``D`` for
-        smaller models, Figure 6).
+        """Choose ``num_subspaces`` and ``num_centroids`` (the paper's two size knobs); tiers stay
+        as configured. The largest layer that fits the budget over:
 
-        ``shared_k``/``unshared_k``: the largest divisor ``D`` of ``d`` that fits. ``unshared_d``:
-        the head tier gets the largest divisor ``D_1`` that fits and every other tier keeps its
-        configured ratio to the largest configured ``D``, rounded down to a divisor of ``d`` (at
-        least 1), e.g. ``[64, 32]`` -> ``[32, 16]`` -> ``[16, 8]``.
+        * ``K_i``: the configured list scaled down together by powers of two, ratios kept, each
+          ``K_i`` at least 2 (``[256, 64] -> [128, 32] -> ... -> [8, 2] -> [4, 2] -> [2, 2]``);
+        * ``D``: ``shared_k``/``unshared_k``: every divisor of ``d``. ``unshared_d``: the head tier
+          any divisor ``D_1``, every other tier its configured ratio to the largest configured
+          ``D``, rounded down to a divisor of ``d`` (at least 1), e.g. ``[64, 32]`` -> ``[32, 16]``.
+
+        On equal sizes the configured ``K_i`` win, then the larger ones. Why ``K`` too: the
+        ``32 K d`` centroid bits do not shrink with ``D``, so with ``K`` fixed a small table cannot
+        go below about ``K / n`` of full.
         """
-        cls.check_knobs(embedding_dim, **knobs)
-        variant = knobs.get("variant", "shared_k")
+        parsed = cls.check_knobs(embedding_dim, **knobs)
+        variant = parsed.variant
         n, d = int(num_ids), int(embedding_dim)
-        sizes = resolve_tiers(
-            n, knobs.get("tier_fractions", DEFAULT_FRACTIONS), knobs.get("tier_sizes")
-        )
-        ks, ds = tier_lists(
-            len(sizes),
-            knobs.get("num_centroids", DEFAULT_CENTROIDS),
-            knobs.get("num_subspaces", 64),
-        )
+        sizes = resolve_tiers(n, parsed.tier_fractions, parsed.tier_sizes)
+        ks, ds = tier_lists(len(sizes), parsed.num_centroids, parsed.num_subspaces)
         divisors = divisors_descending(d)
         top = max(ds)
 
@@ -426,15 +418,26 @@ class MGQEmbedding(VQEmbedding):
                 return [head] * len(ds)
             return [next((q for q in divisors if q <= max(1.0, head * dd / top)), 1) for dd in ds]
 
+        ladder = [list(ks)]
+        while any(k > 2 for k in ladder[-1]):
+            ladder.append([max(2, int(k) >> len(ladder)) for k in ks])
+        grid = (
+            (mgqe_serving_bits(variant, sizes, tier_ks, scaled(head), d), (tier_ks, head))
+            for tier_ks in ladder
+            for head in divisors
+        )
         full = 32 * n * d
-        for head in divisors:
-            candidate = scaled(head)
-            if mgqe_serving_bits(variant, sizes, ks, candidate, d) <= budget * full:
-                value: int | list[int] = candidate if variant == "unshared_d" else head
-                return {**knobs, "num_subspaces": value}
-        smallest = mgqe_serving_bits(variant, sizes, ks, scaled(1), d) / full
+        best = fits_best(grid, budget * full)
+        if best is not None:
+            tier_ks, head = best[1]
+            value: int | list[int] = scaled(head) if variant == "unshared_d" else head
+            solved = {**knobs, "num_subspaces": value}
+            if tier_ks != ladder[0]:
+                solved["num_centroids"] = tier_ks
+            return solved
+        smallest = mgqe_serving_bits(variant, sizes, ladder[-1], scaled(1), d) / full
         raise ConfigError(
             f"method.budget={budget} is below the smallest {cls.__name__} size ({smallest:.6f} of "
-            f"full at num_subspaces=1, num_centroids={list(ks)}); use method.budget >= "
-            f"{math.ceil(smallest * 1e6) / 1e6} or fewer method.num_centroids"
+            f"full at num_subspaces=1, num_centroids={ladder[-1]}); use method.budget >= "
+            f"{math.ceil(smallest * 1e6) / 1e6}"
         )

@@ -33,13 +33,14 @@ batched matrix product (``baddbmm``) per row chunk, then ``argmin``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding
+from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.packing import MAX_BITS
 from recbench.errors import ConfigError
 
@@ -450,15 +451,28 @@ def version_key(*tensors: Tensor) -> tuple[Any, ...] | None:
 
 
 # ----------------------------------------------------------------------------- knob checks
-def check_common_knobs(knobs: Mapping[str, Any]) -> None:
-    """``beta``, ``aux_weight`` and ``init_std`` of DPQ and MGQE."""
-    for name, default in (("beta", 0.25), ("aux_weight", 1.0)):
-        value = knobs.get(name, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"method.{name}={value} must be a number >= 0; use e.g. {default}")
-    init_std = knobs.get("init_std", 0.01)
-    if not isinstance(init_std, int | float) or init_std <= 0:
-        raise ConfigError(f"method.init_std={init_std} must be > 0; use e.g. 0.01")
+@dataclass(frozen=True)
+class VQKnobs(Knobs):
+    """The knobs DPQ and MGQE share (their knob dataclasses add the centroid layout)."""
+
+    beta: float = 0.25  # weight of the commitment term inside the aux loss (VQ-VAE: 0.25)
+    aux_weight: float = 1.0  # weight of the whole aux VQ loss
+    init_std: float = 0.01  # std of the N(0, std^2) initialisation of queries and centroids
+
+    def validate(self, embedding_dim: int) -> None:
+        """``beta`` and ``aux_weight`` >= 0, ``init_std`` > 0."""
+        defaults = {f.name: f.default for f in fields(VQKnobs)}
+        for name in ("beta", "aux_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(
+                    f"method.{name}={value} must be a number >= 0; use e.g. {defaults[name]}"
+                )
+        init_std = self.init_std
+        if not isinstance(init_std, int | float) or init_std <= 0:
+            raise ConfigError(
+                f"method.init_std={init_std} must be > 0; use e.g. {defaults['init_std']}"
+            )
 
 
 def check_num_centroids(value: Any, where: str = "method.num_centroids") -> int:
@@ -487,6 +501,26 @@ def divisors_descending(n: int) -> list[int]:
     return [k for k in range(n, 0, -1) if n % k == 0]
 
 
+def centroid_ladder(num_centroids: int) -> list[int]:
+    """The ``K`` a budget solver tries, in order of preference: the configured ``K``, then the
+    powers of two below it down to 2 (``256 -> 256, 128, ..., 2``; ``200 -> 200, 128, ..., 2``).
+
+    Why powers of two: a code takes ``ceil(log2 K)`` bits, so between two powers of two a smaller
+    ``K`` saves only centroids, never code bits."""
+    k = int(num_centroids)
+    return [k, *(1 << b for b in range(code_bits(k) - 1, 0, -1) if 1 << b < k)]
+
+
+def fits_best(candidates: Iterable[tuple[int, Any]], limit: float) -> tuple[int, Any] | None:
+    """The ``(bits, knobs)`` candidate with the most bits not above ``limit``; on equal bits the
+    earlier one (candidates come in order of preference). None when none fits."""
+    best: tuple[int, Any] | None = None
+    for bits, chosen in candidates:
+        if bits <= limit and (best is None or bits > best[0]):
+            best = (bits, chosen)
+    return best
+
+
 def as_list(value: Any) -> list[Any] | None:
     """A YAML list (list, tuple, ListConfig) as a plain list; None for a scalar."""
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
@@ -511,20 +545,19 @@ class VQEmbedding(CompressedEmbedding):
     loss needs the whole table and the batch's ids) reuse them instead of searching again.
     """
 
+    knob_type: ClassVar[type[Knobs]] = VQKnobs
+
     def __init__(
         self,
         num_embeddings: int,
         embedding_dim: int,
         *,
         counts: Tensor | None = None,
-        beta: float = 0.25,
-        aux_weight: float = 1.0,
-        init_std: float = 0.01,
+        **knobs: Any,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, counts=counts)
-        self.beta = float(beta)
-        self.aux_weight = float(aux_weight)
-        self.init_std = float(init_std)
+        """The base parses and checks the knobs (``knob_type``) and sets ``beta``,
+        ``aux_weight``, ``init_std`` and the subclass's own knobs as attributes."""
+        super().__init__(num_embeddings, embedding_dim, counts=counts, **knobs)
         self.query = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=0)
         nn.init.normal_(self.query.weight, std=self.init_std)
         with torch.no_grad():

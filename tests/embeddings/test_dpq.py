@@ -145,23 +145,67 @@ def test_table3_gmf_dpq_fraction() -> None:
     assert abs(fraction - 30.4) < 0.1, fraction
 
 
-def test_solve_budget_picks_largest_fitting_num_subspaces() -> None:
-    n, d = 3416, 64
+def dpq_grid(n: int, d: int, configured: int) -> list[tuple[int, int, int]]:
+    """Every (serving bits, K, D) the solver may choose, sized by building the layer: K the
+    configured one or a power of two below it (>= 2), D a divisor of d."""
+    ks = [configured] + [1 << b for b in range(16, 0, -1) if 1 << b < configured]
+    ds = [D for D in range(1, d + 1) if d % D == 0]
+    return [
+        (DPQEmbedding(n + 1, d, num_subspaces=D, num_centroids=K).serving_bits(), K, D)
+        for K in ks
+        for D in ds
+    ]
+
+
+@pytest.mark.parametrize("n", [943, 1682, 3416])  # ml-100k users, ml-100k items, ML-1M items
+def test_solve_budget_is_the_closest_fit_of_the_grid(n: int) -> None:
+    """The solver picks D and K: the largest layer of the grid that fits (a brute force over the
+    same grid agrees), ties to the larger K; the YAML's other knobs are kept."""
+    d = 64
     full = 32 * n * d
-    for budget in (0.35, 0.2, 0.1, 0.08):
-        knobs = DPQEmbedding.solve_budget(budget, n, d, num_centroids=256, beta=0.25)
-        assert knobs["num_centroids"] == 256 and knobs["beta"] == 0.25
-        D = knobs["num_subspaces"]
-        assert DPQEmbedding(n + 1, d, num_subspaces=D).serving_bits() <= budget * full
-        larger = [k for k in range(D + 1, d + 1) if d % k == 0]
-        if larger:
-            assert DPQEmbedding(n + 1, d, num_subspaces=larger[0]).serving_bits() > budget * full
-    assert DPQEmbedding.solve_budget(0.35, n, d)["num_subspaces"] == 64
+    grid = dpq_grid(n, d, 256)
+    for budget in (0.5, 0.35, 0.25, 0.2, 0.1, 0.08, 0.05, 0.01):
+        knobs = DPQEmbedding.solve_budget(budget, n, d, num_centroids=256, beta=0.3)
+        assert knobs["beta"] == 0.3
+        bits = DPQEmbedding(n + 1, d, **knobs).serving_bits()
+        assert bits <= budget * full
+        best = max(g for g in grid if g[0] <= budget * full)  # most bits, then the larger K
+        assert (bits, knobs["num_centroids"], knobs["num_subspaces"]) == best, budget
+
+
+def test_small_budgets_are_reachable_by_fewer_centroids() -> None:
+    """With K fixed at 256 the 32 K d centroid bits alone exceed 10 % of a 943- or 1682-id table;
+    choosing K too reaches 10 % and 5 %."""
+    d = 64
+    for n in (943, 1682):
+        full = 32 * n * d
+        assert DPQEmbedding(n + 1, d, num_subspaces=1).serving_bits() > 0.1 * full
+        for budget in (0.1, 0.05):
+            knobs = DPQEmbedding.solve_budget(budget, n, d)
+            assert knobs["num_centroids"] < 256
+            assert 0.8 * budget * full < DPQEmbedding(n + 1, d, **knobs).serving_bits()
+            assert DPQEmbedding(n + 1, d, **knobs).serving_bits() <= budget * full
+
+
+def test_solve_budget_keeps_k_and_breaks_ties_to_the_larger_k() -> None:
+    n, d = 3416, 64
+    assert DPQEmbedding.solve_budget(0.35, n, d) == {"num_subspaces": 64, "num_centroids": 256}
     assert DPQEmbedding.solve_budget(0.2, n, d)["num_subspaces"] == 32
+    # n = 128, d = 4: K=4, D=1 and K=2, D=4 both take 768 bits (128*2 + 32*4*4 = 128*4 + 32*2*4)
+    for configured in (4, 8):
+        knobs = DPQEmbedding.solve_budget(
+            768 / (32 * 128 * 4), 128, 4, num_subspaces=4, num_centroids=configured
+        )
+        assert (knobs["num_centroids"], knobs["num_subspaces"]) == (4, 1)
+        assert DPQEmbedding(129, 4, **knobs).serving_bits() == 768
+    smallest = (n * 1 + 32 * 2 * d) / (32 * n * d)  # D = 1, K = 2
     with pytest.raises(
-        ConfigError, match=r"^method\.budget=0\.01 .*num_subspaces=1.*method\.budget >= "
+        ConfigError,
+        match=r"^method\.budget=0\.001 .*num_subspaces=1, num_centroids=2\).*"
+        r"method\.budget >= 0\.001074",
     ):
-        DPQEmbedding.solve_budget(0.01, n, d)
+        DPQEmbedding.solve_budget(0.001, n, d)
+    assert DPQEmbedding.solve_budget(smallest, n, d) == {"num_subspaces": 1, "num_centroids": 2}
 
 
 @pytest.mark.parametrize(

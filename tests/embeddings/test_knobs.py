@@ -17,10 +17,8 @@ from recbench.record import NON_KNOB_KEYS
 from tests.conftest import method_names, method_node
 from tests.embeddings.test_contract import build
 
-#: Methods still on the older pattern (explicit ``__init__`` defaults, own ``check_knobs``); they
-#: move to a knob dataclass with the shared vector-quantisation base.
-NOT_YET_CONVERTED = {"dpq", "mgqe"}
-CONVERTED = [name for name in method_names() if name not in NOT_YET_CONVERTED]
+#: Every method declares its knobs as a dataclass (DPQ and MGQE were the last to move).
+CONVERTED = method_names()
 
 
 def layer_class(name: str) -> type[CompressedEmbedding]:

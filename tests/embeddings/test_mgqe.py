@@ -188,27 +188,69 @@ def test_table3_gmf_fractions() -> None:
     assert abs(unshared_k - 26.15) < 0.01 and abs(unshared_d - 24.59) < 0.01
 
 
+def mgqe_grid(
+    n: int, d: int, variant: str, ks: list[int], d_lists: list[list[int]]
+) -> list[tuple[int, list[int], list[int]]]:
+    """Every (serving bits, K list, D list) the solver may choose, sized by building the layer:
+    the K list halved together (each K >= 2), the D lists as given."""
+    ladders, scale = [list(ks)], 1
+    while any(k > 2 for k in ladders[-1]):
+        ladders.append([max(2, k // 2**scale) for k in ks])
+        scale += 1
+    return [
+        (
+            MGQEmbedding(
+                n + 1, d, variant=variant, num_centroids=k, num_subspaces=D
+            ).serving_bits(),
+            k,
+            D,
+        )
+        for k in ladders
+        for D in d_lists
+    ]
+
+
+@pytest.mark.parametrize("variant", ["shared_k", "unshared_k", "unshared_d"])
+@pytest.mark.parametrize("n", [943, 1682, 3416])  # ml-100k users, ml-100k items, ML-1M items
+def test_solve_budget_is_the_closest_fit_of_the_grid(n: int, variant: str) -> None:
+    """The solver picks D and the K list: the largest layer of the grid that fits (a brute force
+    over the same grid agrees), ties to the larger K; 10 % and 5 % are reachable. unshared_d keeps
+    the configured 2:1 ratio of the D_i (64 = d, so every halving is a divisor)."""
+    d = 64
+    full = 32 * n * d
+    divisors = [D for D in range(1, d + 1) if d % D == 0]
+    if variant == "unshared_d":
+        configured: dict = {"num_subspaces": [64, 32]}
+        d_lists = [[D, max(1, D // 2)] for D in divisors]
+    else:
+        configured, d_lists = {}, [[D, D] for D in divisors]
+    grid = mgqe_grid(n, d, variant, [256, 64], d_lists)
+    for budget in (0.5, 0.3, 0.25, 0.2, 0.12, 0.1, 0.05, 0.01):
+        knobs = MGQEmbedding.solve_budget(budget, n, d, variant=variant, beta=0.3, **configured)
+        assert knobs["beta"] == 0.3 and knobs["variant"] == variant
+        layer = MGQEmbedding(n + 1, d, **knobs)
+        assert layer.serving_bits() <= budget * full
+        fitting = [g for g in grid if g[0] <= budget * full]
+        best = max(fitting, key=lambda g: (g[0], g[1]))  # most bits, then the larger K
+        assert (layer.serving_bits(), layer.num_centroids, layer.num_subspaces) == best, budget
+        if best[1] == [256, 64]:
+            assert "num_centroids" not in knobs  # the configured K stay as given
+
+
 def test_solve_budget() -> None:
     n, d = 3416, 64
-    full = 32 * n * d
-    for budget in (0.3, 0.2, 0.12):
-        knobs = MGQEmbedding.solve_budget(budget, n, d, num_centroids=[256, 64], beta=0.25)
-        assert knobs["num_centroids"] == [256, 64] and knobs["beta"] == 0.25
-        D = knobs["num_subspaces"]
-        assert MGQEmbedding(n + 1, d, num_subspaces=D).serving_bits() <= budget * full
-        larger = [k for k in range(D + 1, d + 1) if d % k == 0]
-        if larger:
-            assert MGQEmbedding(n + 1, d, num_subspaces=larger[0]).serving_bits() > budget * full
-    assert MGQEmbedding.solve_budget(0.3, n, d)["num_subspaces"] == 64
+    assert MGQEmbedding.solve_budget(0.3, n, d) == {"num_subspaces": 64}
+    knobs = MGQEmbedding.solve_budget(0.2, n, d, num_centroids=[256, 64])
+    assert knobs == {"num_subspaces": 64, "num_centroids": [128, 32]}  # 19.998 % of full
     knobs = MGQEmbedding.solve_budget(
         0.2, n, d, variant="unshared_d", num_centroids=256, num_subspaces=[64, 32]
     )
-    assert knobs["num_subspaces"] == [16, 8]  # ratio 2:1 kept, head D halved until it fits
-    assert MGQEmbedding(n + 1, d, **knobs).serving_bits() <= 0.2 * full
-    bigger = {**knobs, "num_subspaces": [32, 16]}
-    assert MGQEmbedding(n + 1, d, **bigger).serving_bits() > 0.2 * full
-    with pytest.raises(ConfigError, match=r"^method\.budget=0\.05 .*method\.budget >= "):
-        MGQEmbedding.solve_budget(0.05, n, d)
+    assert knobs["num_subspaces"][0] == 2 * knobs["num_subspaces"][1]  # ratio 2:1 kept
+    with pytest.raises(
+        ConfigError,
+        match=r"^method\.budget=0\.001 .*num_centroids=\[2, 2\]\).*method\.budget >= ",
+    ):
+        MGQEmbedding.solve_budget(0.001, n, d)
 
 
 @pytest.mark.parametrize(
