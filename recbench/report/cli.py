@@ -397,7 +397,7 @@ def print_summary(report: Report, source: str, out: Path, written: Sequence[Path
         if n_fail > 10:
             lines.append(f"  ... and {n_fail - 10} more")
     if report.notes:
-        lines += ["", "not pooled (different settings; separate rows):"]
+        lines += ["", "notes (cells not pooled: separate rows; how cells were compared):"]
         lines += [f"  {n}" for n in report.notes]
     lines += [f"warning: {w}" for w in report.warnings]
     lines += ["", f"wrote {len(written)} files to {out}/"]
