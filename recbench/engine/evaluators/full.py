@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from recbench.data.prepared import PreparedData
-from recbench.engine.evaluators.metrics import metrics_from_ranks, ranks_of_targets
+from recbench.engine.evaluators.metrics import eval_mode, metrics_from_ranks, ranks_of_targets
 
 
 def csr_rows_mask(indptr: Tensor, indices: Tensor, rows: Tensor, num_cols: int) -> Tensor:
@@ -111,12 +111,8 @@ class RankingEvaluator:
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, part: str) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             return metrics_from_ranks(self.ranks(model.score_all, part), self.k)
-        finally:
-            model.train(was_training)
 
     @torch.no_grad()
     def popularity(self, item_counts: Tensor, part: str) -> dict[str, float]:

@@ -14,11 +14,25 @@ diverged model is recorded FAILED instead of scoring HR@10 = 1 (a NaN never rank
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from recbench import record
 from recbench.errors import RecbenchError
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluate in eval mode (no dropout, served tables) and give the model back as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def check_finite(values: Tensor, where: str, consider: Tensor | None = None) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from recbench.data.prepared import PreparedData
-from recbench.engine.evaluators.metrics import check_finite, rating_metrics
+from recbench.engine.evaluators.metrics import check_finite, eval_mode, rating_metrics
 
 
 class RatingEvaluator:
@@ -34,17 +34,13 @@ class RatingEvaluator:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, part: str) -> dict[str, float]:
         users, items, ratings = self.parts[part]
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             preds = torch.cat(
                 [
                     model.score(users[s : s + self.batch_size], items[s : s + self.batch_size])
                     for s in range(0, len(users), self.batch_size)
                 ]
             )
-        finally:
-            model.train(was_training)
         check_finite(preds, f"{part} rating predictions")
         if self.range is not None:
             preds = preds.clamp(self.range[0], self.range[1])

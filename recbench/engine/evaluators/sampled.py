@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from recbench.data.prepared import PreparedData
-from recbench.engine.evaluators.metrics import metrics_from_ranks, ranks_of_targets
+from recbench.engine.evaluators.metrics import eval_mode, metrics_from_ranks, ranks_of_targets
 from recbench.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -235,12 +235,8 @@ class SampledEvaluator:
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, part: str) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             return metrics_from_ranks(self.ranks(model.score, part), self.k)
-        finally:
-            model.train(was_training)
 
     @torch.no_grad()
     def popularity(self, item_counts: Tensor, part: str) -> dict[str, float]:
