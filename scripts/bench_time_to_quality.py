@@ -33,8 +33,8 @@ adapter for RecBole's GMF (``make bench-ttq-recbole`` installs RecBole into ``.v
 recbench's GMF against it with ``--reference-variant recbole --fraction 1``: the time each needs to
 reach RecBole's best validation NDCG@10). Results: a table on the terminal (``x ref``: a
 variant's time to target over the reference variant's) and CSVs (``--out``: the summary;
-``<out>.history.csv``: every epoch of every variant); ``--from-history <out>.history.csv``
-summarises a finished run again for another reference or fraction without training.
+``<out>.history.csv``: every epoch of every variant, rewritten after each epoch); ``--from-history <out>.history.csv``
+summarises a finished (or interrupted) run again for another reference or fraction without training.
 """
 
 from __future__ import annotations
@@ -134,11 +134,31 @@ def summarise(
     return rows
 
 
+def write_history(variants: list[Variant], path: Path) -> None:
+    """Every epoch of every variant so far, as ``--from-history`` reads it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "epoch", "train_s", "valid_s", "value"])
+        for v in variants:
+            for e in v.history:
+                writer.writerow([v.name, e.epoch, e.train_s, e.valid_s, e.value])
+    tmp.replace(path)
+
+
 def run_round_robin(
-    variants: list[Variant], max_epochs: int, patience: int, time_budget: float | None
+    variants: list[Variant],
+    max_epochs: int,
+    patience: int,
+    time_budget: float | None,
+    history_path: Path | None = None,
 ) -> None:
     """Train the variants one epoch each in turn until each stops (``patience`` epochs without a
-    better validation value, ``max_epochs``, or ``time_budget`` seconds of its own wall time)."""
+    better validation value, ``max_epochs``, or ``time_budget`` seconds of its own wall time).
+
+    With ``history_path`` the history is rewritten after every epoch, so that an interrupted long
+    run (hours for a full softmax over a large catalogue) keeps what it measured."""
     for epoch in range(1, max_epochs + 1):
         active = [v for v in variants if v.step is not None and not v.stopped]
         if not active:
@@ -156,6 +176,8 @@ def run_round_robin(
                 and sum(e.train_s + e.valid_s for e in v.history) >= time_budget
             ):
                 v.stopped = f"time budget after epoch {epoch}"
+            if history_path is not None:
+                write_history(variants, history_path)
     for v in variants:
         if v.step is not None and not v.stopped:
             v.stopped = f"max epochs ({max_epochs})"
@@ -370,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.common}; "
               f"variants {', '.join(names)}", flush=True)  # fmt: skip
-        run_round_robin(variants, args.max_epochs, args.patience, args.time_budget)
+        history_path = Path(args.out).with_suffix(".history.csv")
+        run_round_robin(variants, args.max_epochs, args.patience, args.time_budget, history_path)
     if args.reference is not None:
         reference = args.reference
     else:
@@ -390,12 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerow(list(Summary.__dataclass_fields__))
         for r in rows:
             writer.writerow([getattr(r, f) for f in Summary.__dataclass_fields__])
-    with out.with_suffix(".history.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["variant", "epoch", "train_s", "valid_s", "value"])
-        for v in variants:
-            for e in v.history:
-                writer.writerow([v.name, e.epoch, e.train_s, e.valid_s, e.value])
+    write_history(variants, out.with_suffix(".history.csv"))
     print(f"\nwrote {out} and {out.with_suffix('.history.csv')}")
     return 0
 

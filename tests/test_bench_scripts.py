@@ -88,6 +88,22 @@ def test_round_robin_interleaves_and_stops_each_variant_on_its_own() -> None:
     assert steady.stopped == "max epochs (5)"
 
 
+def test_an_interrupted_run_keeps_the_epochs_it_measured(tmp_path: Path, capsys) -> None:
+    """A full softmax over a large catalogue takes hours: Ctrl-C must not lose the history."""
+
+    def step(epoch: int) -> ttq.Epoch:
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return ttq.Epoch(epoch, 1.0, 0.5, 0.1 * epoch)
+
+    history = tmp_path / "run.history.csv"
+    with pytest.raises(KeyboardInterrupt):
+        ttq.run_round_robin([ttq.Variant("a", step)], 5, 0, None, history)
+    assert ttq.main(["--from-history", str(history)]) == 0
+    (v,) = ttq.read_history(history)
+    assert [e.epoch for e in v.history] == [1, 2] and v.history[-1].value == pytest.approx(0.2)
+
+
 def test_script_runs_variants_and_an_external_adapter(tmp_path: Path, capsys, monkeypatch) -> None:
     """A tiny synthetic case end to end: two recbench variants, an external adapter that receives
     the same split, and one whose library is missing (reported, not fatal)."""
