@@ -35,13 +35,20 @@ class BudgetError(ConfigError):
     ``method`` is the layer's class name. Build one with ``BudgetError.unreachable``.
     """
 
-    def __init__(self, message: str, floor: float, method: str) -> None:
+    def __init__(self, message: str, floor: float, method: str, num_ids: int = 0) -> None:
         super().__init__(message)
         self.floor = float(floor)
         self.method = str(method)
+        self.num_ids = int(num_ids)
 
     def __reduce__(self) -> tuple:  # a sweep's launcher may pickle it (Exception pickles args)
-        return (type(self), (str(self), self.floor, self.method))
+        return (type(self), (str(self), self.floor, self.method, self.num_ids))
+
+    @property
+    def key(self) -> str:
+        """The budget key the message names: ``method.budget`` (``user_method.budget`` once
+        renamed for the user table's method)."""
+        return str(self).split("=", 1)[0]
 
     @classmethod
     def unreachable(
@@ -57,6 +64,7 @@ class BudgetError(ConfigError):
             f"{round_up(floor)}" + (f" {hint}" if hint else ""),
             floor,
             method,
+            num_ids,
         )
 
 
