@@ -125,3 +125,19 @@ def test_only_a_budget_error_records_a_floor(tmp_path: Path, budget_error: bool)
         assert tracker.tags[record.BUDGET_FLOOR] == "0.2734375"
     else:
         assert record.BUDGET_FLOOR not in saved and record.BUDGET_FLOOR not in tracker.tags
+
+
+def test_budget_floor_script_reports_the_run_floor(data) -> None:  # noqa: ANN001
+    """scripts/budget_floor.py prints the floor a failed run records (no bisection)."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("budget_floor", ROOT / "scripts/budget_floor.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    floor = script.floor(TINY_DATA, "low_rank", data)
+    assert floor == rank1(data.num_items)
+    assert script.feasible(TINY_DATA, "low_rank", floor, data) is None
+    assert "is impossible" in script.feasible(TINY_DATA, "low_rank", floor * 0.99, data)
+    assert script.floor(TINY_DATA, "pep", data) == 0.0  # PEP reaches every budget
