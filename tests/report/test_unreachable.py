@@ -125,3 +125,21 @@ def test_plots_skip_it(made: tuple[Path, str]) -> None:
     out, stdout = made
     assert (out / "plots" / "quality_vs_size__toy__gmf.png").is_file()
     assert "plot for" not in stdout  # no plot was skipped for an error
+
+
+def test_mlflow_tag_is_read_as_the_floor() -> None:
+    """Runs read from MLflow carry the floor as a tag (text): the same cell, the same verdict."""
+    from recbench.report.load import make_row, to_frame
+    from recbench.report.tables import make_report
+
+    rows = []
+    for seed in range(2):
+        tags = {"dataset": "toy", "model": "gmf", "method": "mixed_dim", "task": "ranking",
+                "seed": str(seed), "loss": "bce", "budget": "0.05", "config_hash": f"m{seed}",
+                "cell_hash": "c1", record.BUDGET_FLOOR: "0.12", "error": "method.budget=..."}  # fmt: skip
+        rows.append(make_row(f"r{seed}", "", "toy", "FAILED", pd.Timestamp(0), tags, {}, {}))
+    report = make_report(to_frame(rows))
+    assert report.unfinished.empty and len(report.unreachable) == 2
+    (table,) = report.tables
+    assert list(table.floors.values()) == [0.12]
+    assert unreachable_text(0.12) == "not reachable (min 12 %)"
