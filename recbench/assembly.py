@@ -23,7 +23,7 @@ import recbench.config  # noqa: F401 - registers the schema, so callers can comp
 from recbench.checks import rename_method_keys
 from recbench.data.prepared import PreparedData, prepare
 from recbench.embeddings.base import BudgetedFactory, EmbeddingFactory
-from recbench.errors import ConfigError, RecbenchError
+from recbench.errors import BudgetError, ConfigError, RecbenchError, round_up
 from recbench.models.base import DataInfo, Recommender
 
 
@@ -65,16 +65,30 @@ def load_data(cfg: DictConfig) -> PreparedData:
     )
 
 
-def method_factory(node: DictConfig, where: str = "method") -> EmbeddingFactory:
+def method_factory(
+    node: DictConfig, where: str = "method", unreached: list[BudgetError] | None = None
+) -> EmbeddingFactory:
     """The embedding factory a method node describes; with ``budget`` set, its size knob is solved
     per layer (``CompressedEmbedding.solve_budget``) instead of read from the YAML. ``where`` is
-    the node's key: errors of the user table's method name ``user_method.<knob>``."""
+    the node's key: errors of the user table's method name ``user_method.<knob>``. ``unreached``:
+    collect the tables whose budget cannot be reached instead of raising (``BudgetedFactory``)."""
     knobs = OmegaConf.to_container(node, resolve=True)
     budget = knobs.pop("budget", None)
     with renamed_errors(where):
         factory = build(knobs)
-        factory = factory if budget is None else BudgetedFactory(factory, float(budget))
+        if budget is not None:
+            factory = BudgetedFactory(factory, float(budget), unreached)
     return factory if where == "method" else _RenamedFactory(factory, where)
+
+
+def renamed(exc: ConfigError, where: str) -> ConfigError:
+    """``exc`` with its ``method.<knob>`` keys named ``<where>.<knob>`` (same type and floor)."""
+    if where == "method":
+        return exc
+    text = rename_method_keys(str(exc), where)
+    if isinstance(exc, BudgetError):
+        return BudgetError(text, exc.floor, exc.method, exc.num_ids)
+    return ConfigError(text)
 
 
 @contextmanager
@@ -85,7 +99,28 @@ def renamed_errors(where: str) -> Iterator[None]:
     except ConfigError as exc:
         if where == "method":
             raise
-        raise ConfigError(rename_method_keys(str(exc), where)) from None
+        raise renamed(exc, where) from None
+
+
+def largest_floor(errors: list[BudgetError]) -> BudgetError:
+    """One error for the tables of a model that cannot reach their budget: the one with the
+    largest floor (the budget a user would have to ask for so that every table fits), its message
+    naming the other tables' floors."""
+    worst = max(errors, key=lambda e: e.floor)
+    others = list(
+        dict.fromkeys(  # a backbone may ask twice for the same table (NeuMF's two item layers)
+            f"{e.key} >= {round_up(e.floor)} for {e.method} with {e.num_ids} ids"
+            for e in errors
+            if str(e) != str(worst)
+        )
+    )
+    if not others:
+        return worst
+    return BudgetError(
+        f"{worst} (the largest floor of the tables that miss their budget; also "
+        f"{'; '.join(others)})",
+        worst.floor, worst.method, worst.num_ids,
+    )  # fmt: skip
 
 
 class _RenamedFactory:
@@ -100,12 +135,19 @@ class _RenamedFactory:
 
 
 def build_model(cfg: DictConfig, data: PreparedData) -> Recommender:
-    """The backbone with its embedding layers built by the method factories."""
-    item_factory = method_factory(cfg.method)
+    """The backbone with its embedding layers built by the method factories. A budget that some
+    tables cannot reach raises one ``BudgetError`` after every table was tried, with the largest
+    floor among them (``largest_floor``): the run records the budget that would fit them all."""
+    unreached: dict[str, list[BudgetError]] = {"method": [], "user_method": []}
+    item_factory = method_factory(cfg.method, unreached=unreached["method"])
     user_factory = None
     if cfg.get("user_method") is not None:
-        user_factory = method_factory(cfg.user_method, "user_method")
+        user_factory = method_factory(cfg.user_method, "user_method", unreached["user_method"])
     model_factory = build(cfg.model)
-    return model_factory(
+    model = model_factory(
         DataInfo.from_prepared(data), item_embedding=item_factory, user_embedding=user_factory
     )
+    errors = [renamed(e, where) for where, found in unreached.items() for e in found]
+    if errors:  # every table was solved (those below their floor at it): name the largest floor
+        raise largest_floor(errors)
+    return model

@@ -52,11 +52,16 @@ RUN_TAGS = (
     "dataset", "model", "method", "user_method", "task", "seed", "loss", "preset", "stage",
     "budget", "tie_break", "config_hash", "cell_hash",
 )  # fmt: skip
+#: Key in metrics.json and MLflow tag of a run FAILED because its method cannot reach
+#: ``method.budget`` on some table: the smallest budget that every table reaches (a fraction of the
+#: full size, ``recbench.errors.BudgetError.floor``). A report shows a cell whose runs all failed
+#: this way as "not reachable (min X %)", not among the failures.
+BUDGET_FLOOR = "budget_floor"
 #: Tags a report reads (``experiment``: the preset's name in runs recorded before ``preset``).
 REPORT_TAGS = (
     "dataset", "model", "method", "user_method", "task", "seed", "loss", "config_hash", "run_dir",
     "experiment", "budget", "eval_protocol", "cell_hash", "code_version", "git_commit", "git_dirty",
-    "code_identity", "stage",
+    "code_identity", "stage", BUDGET_FLOOR,
 )  # fmt: skip
 #: Config keys that do not change what a run computes: left out of ``config_hash``, the resume key
 #: (a run is resumed, i.e. skipped, when a twin has the same ``config_hash`` and ``code_identity``).

@@ -35,7 +35,7 @@ from recbench.embeddings.base import embedding_layers
 from recbench.engine.contracts import RankingEvaluation
 from recbench.engine.device import resolve_device
 from recbench.engine.loop import FitOptions, fit
-from recbench.errors import RecbenchError
+from recbench.errors import BudgetError, RecbenchError
 from recbench.interrupts import Interrupted, as_interrupted, signals_deferred, signals_raise
 from recbench.models.base import DataInfo, Recommender
 from recbench.size import model_size, reference_bits
@@ -229,7 +229,9 @@ def _record_end(
     tracker: Tracker,
     run_dir: Path,
 ) -> None:
-    """Write metrics.json (with the history so far) and end the MLflow run FAILED or KILLED."""
+    """Write metrics.json (with the history so far) and end the MLflow run FAILED or KILLED. A
+    budget the method cannot reach (``BudgetError``) is FAILED too, with its floor recorded
+    (``record.BUDGET_FLOOR``: a key of metrics.json and an MLflow tag) for the report."""
     epochs = len(progress.history)
     if interrupted is not None:
         status = "KILLED"
@@ -238,8 +240,9 @@ def _record_end(
     else:
         status = "FAILED"
         message = str(exc) if isinstance(exc, RecbenchError) else f"{type(exc).__name__}: {exc}"
+    floor = {record.BUDGET_FLOOR: exc.floor} if isinstance(exc, BudgetError) else {}
     payload = {
-        "status": status, "error": message, **identity, "epochs_done": epochs,
+        "status": status, "error": message, **floor, **identity, "epochs_done": epochs,
         "history": progress.history,
     }  # fmt: skip
     try:
@@ -248,6 +251,8 @@ def _record_end(
     except OSError as err:
         log.error("could not write %s: %s", run_dir / record.METRICS_FILE, err)
     try:
+        if floor:
+            tracker.set_tags({record.BUDGET_FLOOR: repr(exc.floor)})
         tracker.finish(status, error=message)
     except Exception as err:  # noqa: BLE001 - never hide the original error behind the store's
         log.error("could not record the run as %s in MLflow: %s", status, err)

@@ -5,8 +5,9 @@ if every method fits every budget. Methods with a fixed part (DPQ/MGQE store K x
 centroids, scalar quantisation stores b-bit codes) cannot go below a floor that depends on the
 vocabulary, so a budget that fits ML-1M can be impossible on ML-100K. This script builds the
 model of each method at each asked budget exactly as a run would (``recbench.assembly.build_model``:
-the same solvers, on the prepared data of the dataset) and prints OK or the reason, and the
-smallest budget each method reaches (bisection to 3 significant digits).
+the same solvers, on the prepared data of the dataset) and prints OK or --, and the smallest
+budget each method reaches: the floor a run records when it fails (``BudgetError.floor``, the
+largest floor among the model's tables), which a report shows as "not reachable (min X %)".
 
     python scripts/budget_floor.py                                   # synthetic default, GMF
     python scripts/budget_floor.py dataset=ml-100k --budgets 0.5,0.25,0.1,0.05
@@ -27,35 +28,41 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 import recbench.config  # noqa: E402,F401 - registers the schema
 from recbench.assembly import build_model, load_data  # noqa: E402
 from recbench.checks import options  # noqa: E402
-from recbench.errors import ConfigError  # noqa: E402
+from recbench.errors import BudgetError, ConfigError  # noqa: E402
 
 
-def feasible(overrides: list[str], method: str, budget: float, data) -> str | None:  # noqa: ANN001
-    """None when ``method`` fits ``budget`` on ``data``, else the solver's message."""
+def build_at(overrides: list[str], method: str, budget: float, data) -> None:  # noqa: ANN001
+    """Build ``method``'s model at ``budget`` on ``data`` as a run would (raises its errors)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
             "config", overrides=[*overrides, f"method={method}", f"method.budget={budget}"]
         )
+    build_model(cfg, data)
+
+
+def feasible(overrides: list[str], method: str, budget: float, data) -> str | None:  # noqa: ANN001
+    """None when ``method`` fits ``budget`` on ``data``, else the solver's message."""
     try:
-        build_model(cfg, data)
+        build_at(overrides, method, budget, data)
     except ConfigError as exc:
         return str(exc)
     return None
 
 
-def floor(overrides: list[str], method: str, data, hi: float = 1.0) -> float | None:  # noqa: ANN001
-    """The smallest budget in (0, hi] the method reaches (None if not even ``hi``)."""
-    if feasible(overrides, method, hi, data) is not None:
-        return None
-    lo = 1e-6
-    while hi / lo > 1.001:
-        mid = (lo * hi) ** 0.5
-        if feasible(overrides, method, mid, data) is None:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+#: A budget below every method's floor (the smallest a config accepts is any number > 0).
+TINY_BUDGET = 1e-12
+
+
+def floor(overrides: list[str], method: str, data) -> float:  # noqa: ANN001
+    """The smallest budget the method reaches on every table of the model: the floor of the
+    ``BudgetError`` a budget below every floor raises (0 when even that one is reached, as PEP's
+    empty table is)."""
+    try:
+        build_at(overrides, method, TINY_BUDGET, data)
+    except BudgetError as exc:
+        return exc.floor
+    return 0.0
 
 
 def main() -> int:
@@ -84,10 +91,7 @@ def main() -> int:
         marks = [
             "OK" if feasible(args.overrides, method, b, data) is None else "--" for b in budgets
         ]
-        print(
-            f"{method:<14}{(f'{low:.3g}' if low else 'none'):>10}  "
-            + "  ".join(f"{m:>6}" for m in marks)
-        )
+        print(f"{method:<14}{low:>10.4g}  " + "  ".join(f"{m:>6}" for m in marks))
     return 0
 
 

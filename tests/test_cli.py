@@ -318,6 +318,11 @@ def test_impossible_budget_names_the_smallest(tmp_path: Path) -> None:
     assert proc.returncode == 2
     (line,) = error_lines(proc)
     assert "method.budget=0.5 is impossible" in line
+    # still FAILED, with the floor (the full table's 1.0) for the report's "not reachable" cell
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["status"] == "FAILED" and saved["budget_floor"] == 1.0
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FAILED" and run.data.tags["budget_floor"] == "1.0"
 
 
 def test_user_method_errors_name_user_method(tmp_path: Path) -> None:

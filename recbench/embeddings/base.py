@@ -18,6 +18,7 @@ Id conventions (shared by every method):
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 #: What ``instantiate(cfg.method)`` returns: a partial that builds one embedding layer.
 EmbeddingFactory = Callable[..., "CompressedEmbedding"]
@@ -303,14 +304,14 @@ class CompressedEmbedding(nn.Module):
         full float32 size ``32 * num_ids * embedding_dim``) as closely as possible from below.
 
         ``knobs`` are the YAML's other knobs (the solver keeps those it does not choose). Returns the
-        updated knobs; raises ``ConfigError`` naming the smallest achievable budget when none fits.
-        Methods without a size knob (full) accept only ``budget >= 1``.
+        updated knobs; raises ``BudgetError`` (``recbench.errors``) with the smallest achievable
+        budget (its ``floor``) when none fits. Methods without a size knob (full) accept only
+        ``budget >= 1``.
         """
         if budget >= 1.0:
             return dict(knobs)
-        raise ConfigError(
-            f"method.budget={budget} is impossible for {cls.__name__}: its size is fixed at 1.0 of "
-            "the full table; use a budget >= 1 or a compressing method"
+        raise BudgetError.unreachable(
+            cls.__name__, budget, num_ids, 1.0, "its size is fixed", "or use a compressing method"
         )
 
     def on_epoch_end(self, epoch: int) -> list[nn.Parameter]:
@@ -402,6 +403,19 @@ def check_budget(raw: Any, where: str = "method") -> float | None:
     return budget
 
 
+def tight_floor(estimate: float, fits: Callable[[float], bool]) -> float:
+    """The smallest budget a solver accepts, from its estimate ``smallest size / full``: that
+    quotient, rounded to a float, may sit an ulp below what a solver comparing
+    ``size <= budget * full`` accepts, so step up by ulps until ``fits`` (the solver's own test)
+    says yes. A ``BudgetError``'s ``floor`` is then a budget that is reached."""
+    floor = float(estimate)
+    for _ in range(64):
+        if fits(floor):
+            return floor
+        floor = math.nextafter(floor, math.inf)
+    return floor
+
+
 class BudgetedFactory:
     """Wraps a method's factory so that each layer's size knob is solved for ``budget`` (a fraction
     of that layer's full float32 size) once the layer's shape and counts are known.
@@ -409,16 +423,34 @@ class BudgetedFactory:
     Why per layer: the user and item tables of a backbone differ in size, and an equal-memory
     comparison must hold for each table, not just on average. The solved knobs are what the layer's
     ``knobs()`` then reports, so every run records what the solver chose.
+
+    With ``unreached`` (a list), a table whose budget cannot be reached does not stop the build:
+    its ``BudgetError`` is appended there and the layer is built at its floor instead, so that
+    the backbone asks for its other tables too and the run can name the largest floor of all of
+    them (``recbench.assembly.build_model``); without it the error is raised at once.
     """
 
-    def __init__(self, factory: Callable[..., CompressedEmbedding], budget: float) -> None:
+    def __init__(
+        self,
+        factory: Callable[..., CompressedEmbedding],
+        budget: float,
+        unreached: list[BudgetError] | None = None,
+    ) -> None:
         self.factory = factory
         self.budget = check_budget(budget)
+        self.unreached = unreached
 
     def __call__(
         self, num_embeddings: int, embedding_dim: int, *, counts: Tensor | None = None
     ) -> CompressedEmbedding:
         cls = getattr(self.factory, "func", self.factory)
         knobs = dict(getattr(self.factory, "keywords", {}) or {})
-        solved = cls.solve_budget(self.budget, num_embeddings - 1, embedding_dim, counts, **knobs)
+        n = num_embeddings - 1
+        try:
+            solved = cls.solve_budget(self.budget, n, embedding_dim, counts, **knobs)
+        except BudgetError as exc:
+            if self.unreached is None:
+                raise
+            self.unreached.append(exc)
+            solved = cls.solve_budget(exc.floor, n, embedding_dim, counts, **knobs)  # stand-in
         return cls(num_embeddings, embedding_dim, counts=counts, **solved)

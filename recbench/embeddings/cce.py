@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding, Knobs
+from recbench.embeddings.base import CompressedEmbedding, Knobs, tight_floor
 from recbench.embeddings.hashing import bucket_mapping, check_hash_knobs, murmur3_x86_32
 from recbench.embeddings.pep import pack_wide, unpack_wide
 from recbench.embeddings.vq import code_bits
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -313,11 +313,9 @@ class CCEmbedding(CompressedEmbedding):
             if k >= low and bits(k) <= limit:
                 best = k
         if best is None:
-            smallest = bits(2) / (32 * n * d)
-            raise ConfigError(
-                f"method.budget={budget} is below the smallest {cls.__name__} size ({smallest:.6f} of "
-                f"full at num_rows=2); use method.budget >= {math.ceil(smallest * 1e6) / 1e6} or fewer "
-                "method.num_columns"
+            smallest = tight_floor(bits(2) / (32 * n * d), lambda b: bits(2) <= b * 32 * n * d)
+            raise BudgetError.unreachable(
+                cls.__name__, budget, n, smallest, "num_rows=2", "or fewer method.num_columns"
             )
         return {**knobs, "num_rows": best, "compression_ratio": None}
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.hashing import PRIME, check_universal_hash_ids
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 ENCODINGS = ("uniform", "gaussian")
 
@@ -267,10 +267,13 @@ class DHEmbedding(CompressedEmbedding):
 
         if not fits(1):
             smallest = dhe_bits(k, 1, layers, embedding_dim) / full
-            raise ConfigError(
-                f"method.budget={budget} is impossible for {cls.__name__} with {num_ids} ids: the "
-                f"smallest achievable budget is {smallest!r} (hidden_dim=1); set method.budget >= "
-                f"{smallest!r} or fewer method.num_hashes"
+            raise BudgetError.unreachable(
+                cls.__name__,
+                budget,
+                num_ids,
+                smallest,
+                "hidden_dim=1",
+                "or fewer method.num_hashes",
             )
         lo, hi = 1, 2
         while fits(hi):

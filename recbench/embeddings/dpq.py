@@ -34,7 +34,6 @@ holds what is DPQ's own: one centroid table for every id, its knobs, serving for
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from recbench.embeddings.base import tight_floor
 from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.embeddings.vq import (
     VQEmbedding,
@@ -56,7 +56,7 @@ from recbench.embeddings.vq import (
     nearest_centroids,
     quantize,
 )
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError
 
 
 @dataclass(frozen=True)
@@ -179,9 +179,8 @@ class DPQEmbedding(VQEmbedding):
         if best is not None:
             subspaces, centroids = best[1]
             return {**knobs, "num_subspaces": subspaces, "num_centroids": centroids}
-        smallest = bits(1, ladder[-1]) / full
-        raise ConfigError(
-            f"method.budget={budget} is below the smallest {cls.__name__} size ({smallest:.6f} of "
-            f"full at num_subspaces=1, num_centroids={ladder[-1]}); use method.budget >= "
-            f"{math.ceil(smallest * 1e6) / 1e6}"
+        size = bits(1, ladder[-1])
+        smallest = tight_floor(size / full, lambda b: size <= b * full)
+        raise BudgetError.unreachable(
+            cls.__name__, budget, n, smallest, f"num_subspaces=1, num_centroids={ladder[-1]}"
         )

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 MAX_SEED = 2**32  # seeds are unsigned 32-bit: the widest seed every family accepts
 #: Modulus ``p`` of the universal hashes ``(a*x + b) % p`` of DHE and ROBE (a Mersenne prime).
@@ -245,9 +245,5 @@ def solve_buckets(name: str, budget: float, num_ids: int) -> int:
     while m >= 1 and m / num_ids > budget:
         m -= 1
     if m < 1:
-        smallest = 1 / num_ids
-        raise ConfigError(
-            f"method.budget={budget} is impossible for {name} with {num_ids} ids: the smallest "
-            f"achievable budget is {smallest!r} (num_buckets=1); set method.budget >= {smallest!r}"
-        )
+        raise BudgetError.unreachable(name, budget, num_ids, 1 / num_ids, "num_buckets=1")
     return m

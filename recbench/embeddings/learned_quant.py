@@ -38,10 +38,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recbench.embeddings.base import CompressedEmbedding, Knobs
+from recbench.embeddings.base import CompressedEmbedding, Knobs, tight_floor
 from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.embeddings.vq import version_key
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 GRANULARITIES = ("row", "column")
 MIN_BITS, MAX_BITS = 2, 8
@@ -225,10 +225,9 @@ class LearnedQuantEmbedding(CompressedEmbedding):
             b for b in range(MIN_BITS, MAX_BITS + 1) if b * n * d + overhead <= budget * full
         ]
         if not fitting:
-            smallest = (MIN_BITS * n * d + overhead) / full
-            raise ConfigError(
-                f"method.budget={budget} is below the smallest {cls.__name__} size ({smallest:.6f} "
-                f"of full at bits={MIN_BITS}, granularity={granularity}); use method.budget >= "
-                f"{math.ceil(smallest * 1e6) / 1e6}"
+            size = MIN_BITS * n * d + overhead
+            smallest = tight_floor(size / full, lambda b: size <= b * full)
+            raise BudgetError.unreachable(
+                cls.__name__, budget, n, smallest, f"bits={MIN_BITS}, granularity={granularity}"
             )
         return {**knobs, "bits": max(fitting)}

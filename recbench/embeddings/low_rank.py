@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 
 def low_rank_bits(num_ids: int, embedding_dim: int, rank: int) -> int:
@@ -103,8 +103,5 @@ class LowRankEmbedding(CompressedEmbedding):
             rank -= 1
         if rank < 1:
             smallest = low_rank_bits(num_ids, embedding_dim, 1) / full
-            raise ConfigError(
-                f"method.budget={budget} is impossible for {cls.__name__} with {num_ids} ids: the "
-                f"smallest achievable budget is {smallest!r} (rank=1); set method.budget >= {smallest!r}"
-            )
+            raise BudgetError.unreachable(cls.__name__, budget, num_ids, smallest, "rank=1")
         return {**knobs, "rank": rank}

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from recbench.embeddings.base import tight_floor
 from recbench.embeddings.packing import pack_bits, unpack_bits
 from recbench.embeddings.vq import (
     VQEmbedding,
@@ -48,7 +49,7 @@ from recbench.embeddings.vq import (
     nearest_centroids,
     quantize,
 )
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 VARIANTS = ("shared_k", "unshared_k", "unshared_d")
 DEFAULT_FRACTIONS = (0.1, 0.9)
@@ -435,9 +436,8 @@ class MGQEmbedding(VQEmbedding):
             if tier_ks != ladder[0]:
                 solved["num_centroids"] = tier_ks
             return solved
-        smallest = mgqe_serving_bits(variant, sizes, ladder[-1], scaled(1), d) / full
-        raise ConfigError(
-            f"method.budget={budget} is below the smallest {cls.__name__} size ({smallest:.6f} of "
-            f"full at num_subspaces=1, num_centroids={ladder[-1]}); use method.budget >= "
-            f"{math.ceil(smallest * 1e6) / 1e6}"
+        size = mgqe_serving_bits(variant, sizes, ladder[-1], scaled(1), d)
+        smallest = tight_floor(size / full, lambda b: size <= b * full)
+        raise BudgetError.unreachable(
+            cls.__name__, budget, n, smallest, f"num_subspaces=1, num_centroids={ladder[-1]}"
         )

@@ -229,5 +229,7 @@ class MixedDimEmbedding(CompressedEmbedding):
             sizes = [s for s in resolve_block_sizes(sizes_knob, num_ids) if s > 0]
         else:
             sizes = mass_blocks(real_counts, int(given.num_blocks))
-        alpha = solve_alpha(budget, real_counts, sizes, embedding_dim, int(given.min_dim))
+        alpha = solve_alpha(
+            budget, real_counts, sizes, embedding_dim, int(given.min_dim), cls.__name__
+        )
         return {**knobs, "alpha": alpha}

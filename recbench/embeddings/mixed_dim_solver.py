@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 
 def as_real_counts(counts: Sequence[int] | np.ndarray, num_ids: int | None = None) -> np.ndarray:
@@ -142,8 +142,10 @@ def solve_alpha(
     sizes: Sequence[int],
     embedding_dim: int,
     min_dim: int = 1,
+    name: str = "MixedDimEmbedding",
 ) -> float:
-    """The smallest ``alpha`` whose layer is the largest that fits ``budget`` (fraction of full).
+    """The smallest ``alpha`` whose layer is the largest that fits ``budget`` (fraction of full);
+    raises ``BudgetError`` (``name``: the layer's class) with the smallest size when none fits.
 
     Each block's dimension is a step function of ``alpha`` with steps where ``d * r_i ** alpha``
     crosses a half-integer, so the size takes finitely many values: we evaluate one ``alpha`` inside
@@ -173,9 +175,8 @@ def solve_alpha(
             best = (bits, alpha)
     if best is None:
         low = smallest / full if smallest is not None else float("nan")
-        raise ConfigError(
-            f"method.budget={budget} is impossible for mixed dimensions with {n} ids in blocks "
-            f"{list(sizes)} and method.min_dim={min_dim}: the smallest achievable budget is "
-            f"{low!r}; set method.budget >= {low!r}"
-        )
+        raise BudgetError.unreachable(
+            name, budget, n, low, f"blocks {list(sizes)}, method.min_dim={min_dim}",
+            "or more method.num_blocks (the first block keeps the full dimension)",
+        )  # fmt: skip
     return best[1]

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.hashing import check_bucket_knobs, resolve_num_buckets
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 COMBINERS = ("mult", "add", "concat")
 
@@ -164,10 +164,8 @@ class QuotientRemainderEmbedding(CompressedEmbedding):
         lo += lo * lo < num_ids  # ceil(sqrt(n)): the size is smallest here
         if not fits(lo):
             smallest = qr_bits(num_ids, embedding_dim, lo, combiner) / full
-            raise ConfigError(
-                f"method.budget={budget} is impossible for {cls.__name__} ({combiner}) with "
-                f"{num_ids} ids: the smallest achievable budget is {smallest!r} "
-                f"(num_buckets={lo}); set method.budget >= {smallest!r}"
+            raise BudgetError.unreachable(
+                cls.__name__, budget, num_ids, smallest, f"num_buckets={lo}, combiner={combiner}"
             )
         hi = num_ids
         while lo < hi:  # largest m in [lo, hi] that fits

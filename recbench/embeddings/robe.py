@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.hashing import PRIME, check_universal_hash_ids
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 
 def robe_coefficients(seed: int) -> Tensor:
@@ -174,8 +174,5 @@ class ROBEmbedding(CompressedEmbedding):
             m -= 1
         if m < 1:
             smallest = 1 / (num_ids * embedding_dim)
-            raise ConfigError(
-                f"method.budget={budget} is impossible for {cls.__name__} with {num_ids} ids: the "
-                f"smallest achievable budget is {smallest!r} (array_size=1); set method.budget >= {smallest!r}"
-            )
+            raise BudgetError.unreachable(cls.__name__, budget, num_ids, smallest, "array_size=1")
         return {**knobs, "array_size": m, "compression_ratio": None}

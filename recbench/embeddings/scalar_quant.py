@@ -21,7 +21,6 @@ tensor's identity, device and in-place version counter, which every optimizer st
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -29,10 +28,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from recbench.embeddings.base import CompressedEmbedding, Knobs
+from recbench.embeddings.base import CompressedEmbedding, Knobs, tight_floor
 from recbench.embeddings.full import padded_table
 from recbench.embeddings.packing import MAX_BITS, pack_bits, unpack_bits
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 GRANULARITIES = ("column", "row")
 
@@ -199,11 +198,11 @@ class ScalarQuantEmbedding(CompressedEmbedding):
         overhead = 2 * 32 * (d if granularity == "column" else n)
         fitting = [b for b in range(1, MAX_BITS + 1) if n * d * b + overhead <= budget * full]
         if not fitting:
-            smallest = (n * d + overhead) / full
-            raise ConfigError(
-                f"method.budget={budget} is below the smallest {cls.__name__} size "
-                f"({smallest:.6f} of full at bits=1, granularity={granularity}); "
-                f"use method.budget >= {math.ceil(smallest * 1e6) / 1e6}"
+            smallest = tight_floor(
+                (n * d + overhead) / full, lambda b: n * d + overhead <= b * full
+            )
+            raise BudgetError.unreachable(
+                cls.__name__, budget, n, smallest, f"bits=1, granularity={granularity}"
             )
         return {**knobs, "bits": max(fitting)}
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.embeddings.base import CompressedEmbedding, Knobs
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 
 # ------------------------------------------------------------------ factorisations
@@ -277,10 +277,8 @@ class TTRecEmbedding(CompressedEmbedding):
             return tt_bits(rows, dims, ranks)
 
         if bits(1) / full > budget:
-            smallest = bits(1) / full
-            raise ConfigError(
-                f"method.budget={budget} is impossible for {cls.__name__} with {num_ids} ids: the "
-                f"smallest achievable budget is {smallest!r} (tt_rank=1); set method.budget >= {smallest!r}"
+            raise BudgetError.unreachable(
+                cls.__name__, budget, num_ids, bits(1) / full, "tt_rank=1"
             )
         lo, hi = 1, 2
         while bits(hi) / full <= budget:

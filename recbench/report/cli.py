@@ -29,6 +29,7 @@ from recbench.report.tables import (
     to_csv_frame,
     to_latex,
     to_markdown,
+    unreachable_lines,
 )
 
 DEFAULT_URI = "sqlite:///outputs/mlflow.db"
@@ -348,6 +349,7 @@ def log_report(uri: str, name: str, out: Path, args: argparse.Namespace, report:
             "report.runs": str(len(report.runs)),
             "report.finished": str(len(report.finished)),
             "report.failed": str(len(report.unfinished)),
+            "report.unreachable": str(len(report.unreachable)),
         }
         run = _retry(lambda: client.create_run(experiment_id, run_name=f"report-{name}", tags=tags))
         with warnings.catch_warnings():
@@ -361,9 +363,10 @@ def log_report(uri: str, name: str, out: Path, args: argparse.Namespace, report:
 
 def print_summary(report: Report, source: str, out: Path, written: Sequence[Path], logged: str,
                   notes: Sequence[str]) -> None:  # fmt: skip
-    """What went in (per state), the tables, what did not finish, cells not pooled, code-version
-    warnings, where everything went."""
+    """What went in (per state), the tables, what did not finish, the cells whose budget the
+    method cannot reach, cells not pooled, code-version warnings, where everything went."""
     n_fail = len(report.unfinished)
+    unreachable = unreachable_lines(report.aggregated)
     statuses = report.unfinished["status"].value_counts().to_dict() if n_fail else {}
     status_text = ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
     stood = (
@@ -378,6 +381,12 @@ def print_summary(report: Report, source: str, out: Path, written: Sequence[Path
         + stood
         + (f" ({report.duplicates} duplicate re-runs dropped)" if report.duplicates else "")
         + (f", {n_fail} not finished ({status_text})" if n_fail else "")
+        + (
+            f", {len(report.unreachable)} FAILED for a budget below the method's floor "
+            f"(not reachable, {len(unreachable)} cell(s))"
+            if unreachable
+            else ""
+        )
         + (
             f", {report.skipped} SKIPPED (same as a run above, not counted again)"
             if report.skipped
@@ -396,6 +405,12 @@ def print_summary(report: Report, source: str, out: Path, written: Sequence[Path
             )
         if n_fail > 10:
             lines.append(f"  ... and {n_fail - 10} more")
+    if unreachable:
+        lines += [
+            "",
+            "not reachable (the method cannot reach the budget; not counted as failures):",
+        ]
+        lines += [f"  {line}" for line in unreachable]
     if report.notes:
         lines += ["", "notes (cells not pooled: separate rows; how cells were compared):"]
         lines += [f"  {n}" for n in report.notes]

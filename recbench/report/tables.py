@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from recbench import record
+from recbench.record import BUDGET_FLOOR
 from recbench.report.cells import assign_cells, parse_config, reference_key
 from recbench.report.stats import (
     ALPHA,
@@ -113,6 +114,27 @@ def metric_specs(kind: str, columns: Sequence[str]) -> list[MetricSpec]:
 
 # ---------------------------------------------------------------------------------------------
 # Per-run preparation
+
+
+def unreachable_mask(members: pd.DataFrame) -> pd.Series:
+    """Runs of the cells whose every run FAILED because the method cannot reach the cell's budget
+    (a recorded ``budget_floor``, ``recbench.record.BUDGET_FLOOR``). Such a cell is a property of
+    the method, not a broken run: it is shown as "not reachable (min X %)" and kept out of the
+    failures. A cell with any other run (finished, running, failed otherwise) is left as it is."""
+    if members.empty or record.BUDGET_FLOOR not in members:
+        return pd.Series(False, index=members.index, dtype=bool)
+    floor = pd.to_numeric(members[record.BUDGET_FLOOR], errors="coerce")
+    hit = (members["status"] == "FAILED") & floor.notna()
+    keys = [members[k].astype(str) for k in (*GROUP_KEYS, "cell")]
+    return hit.groupby(keys, sort=False, dropna=False).transform("all").astype(bool)
+
+
+def unreachable_text(floor: float) -> str:
+    """``not reachable (min 7.8 %)``: the cell's budget is below the method's floor (in % of the
+    full table: one decimal from 1 %, two significant digits below)."""
+    value = 100 * float(floor)
+    text = f"{value:.1f}".rstrip("0").rstrip(".") if value >= 1 else f"{value:.2g}"
+    return f"not reachable (min {text} %)"
 
 
 def split_status(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -276,12 +298,17 @@ def _where(rec: pd.Series | dict) -> str:
 
 
 def aggregate(
-    finished: pd.DataFrame, unfinished: pd.DataFrame | None = None, metrics: Sequence[str] = ()
+    finished: pd.DataFrame,
+    unfinished: pd.DataFrame | None = None,
+    metrics: Sequence[str] = (),
+    unreachable: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per cell (``GROUP_KEYS`` + ``cell``): ``n`` finished runs, the unfinished ones per
     state (``n_failed`` = FAILED, ``n_unfinished`` = all, ``unfinished`` = "1 failed, 1 running"),
     and for each metric ``<metric> n|mean|std|ci_low|ci_high`` (``stats.summarize``); also the
-    cell's ``settings``, ``ref_key``, finished ``seeds`` and ``code`` identities.
+    cell's ``settings``, ``ref_key``, finished ``seeds`` and ``code`` identities. Cells of
+    ``unreachable`` runs (``unreachable_mask``) get ``budget_floor`` (the largest recorded floor)
+    and ``n_unreachable`` (their runs), and count no failure.
 
     Both frames must have gone through ``add_labels`` (a ``cell`` column is added as "" where
     missing, i.e. pooled by labels). Cells with only unfinished runs get a row with n = 0 and NaN
@@ -294,6 +321,7 @@ def aggregate(
         if key not in records:
             rec = dict(zip(keys, key))
             rec.update(n=0, n_failed=0, n_unfinished=0, unfinished="", seeds="[]", code="",
+                       budget_floor=math.nan, n_unreachable=0,
                        settings=str(block["settings"].iloc[0]) if "settings" in block else "",
                        ref_key=str(block["ref_key"].iloc[0]) if "ref_key" in block else "")  # fmt: skip
             for metric in metrics:
@@ -327,10 +355,15 @@ def aggregate(
             rec["n_failed"] = int(counts.get("FAILED", 0))
             rec["n_unfinished"] = int(counts.sum())
             rec["unfinished"] = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    if unreachable is not None and not unreachable.empty:
+        for key, block in unreachable.groupby(keys, sort=True, dropna=False):
+            rec = record(key, block)
+            rec["budget_floor"] = float(pd.to_numeric(block[BUDGET_FLOOR], errors="coerce").max())
+            rec["n_unreachable"] = len(block)
     if not records:
         return pd.DataFrame(columns=[*keys, "n", "n_failed", "n_unfinished"])
     table = pd.DataFrame([records[k] for k in sorted(records)])
-    for column in ("n", "n_failed", "n_unfinished"):
+    for column in ("n", "n_failed", "n_unfinished", "n_unreachable"):
         table[column] = table[column].astype(int)
     return table.reset_index(drop=True)
 
@@ -413,6 +446,18 @@ def compare_with_full(
     return out
 
 
+def unreachable_lines(agg: pd.DataFrame) -> list[str]:
+    """One line per cell whose budget its method cannot reach, e.g. ``ml-100k / gmf /
+    learned_quant / budget=0.05: not reachable (min 7.8 %), 3 runs``."""
+    if agg.empty or BUDGET_FLOOR not in agg:
+        return []
+    return [
+        f"{_where(rec)}: {unreachable_text(rec[BUDGET_FLOOR])}, {int(rec['n_unreachable'])} run(s)"
+        for _, rec in agg.iterrows()
+        if not pd.isna(rec[BUDGET_FLOOR])
+    ]
+
+
 def cell_warnings(agg: pd.DataFrame) -> list[str]:
     """One line per cell that pools runs of several code versions (or recorded and unrecorded)."""
     lines = []
@@ -460,6 +505,7 @@ class PaperTable:
     counts: dict[tuple[int, str], tuple[int, str, int, int]] = field(default_factory=dict)
     settings: dict[tuple[int, str], str] = field(default_factory=dict)  # (row, model) -> settings
     margin: float = DEFAULT_MARGIN
+    floors: dict[tuple[int, str], float] = field(default_factory=dict)  # not reachable: the floor
 
     @property
     def title(self) -> str:
@@ -529,6 +575,8 @@ def build_tables(agg: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> list[Pape
             )  # fmt: skip
             if rec.get("settings"):
                 table.settings[(i, model)] = str(rec["settings"])
+            if not pd.isna(rec.get(BUDGET_FLOOR, math.nan)):
+                table.floors[(i, model)] = float(rec[BUDGET_FLOOR])
             for spec in specs:
                 mean = rec.get(f"{spec.column} mean", np.nan)
                 if pd.isna(mean):
@@ -615,7 +663,13 @@ def to_markdown(tables: Sequence[PaperTable], notes: Sequence[str] = ()) -> str:
         for i, row in enumerate(t.rows):
             cells = [row["label"]]
             for model in t.models:
-                cells += [format_cell(t.cells.get((i, model, s.label)), s) for s in t.specs]
+                floor = t.floors.get((i, model))
+                cells += [
+                    unreachable_text(floor)
+                    if floor is not None
+                    else format_cell(t.cells.get((i, model, s.label)), s)
+                    for s in t.specs
+                ]
                 cells.append(_count_text(t.counts.get((i, model))))
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
@@ -624,6 +678,11 @@ def to_markdown(tables: Sequence[PaperTable], notes: Sequence[str] = ()) -> str:
             "the seed); Size % = serving size / full float32 model at the reference d "
             "(eval.reference_dim, default 64). " + marks_text(t.margin),
         ]
+        if t.floors:
+            lines[-1] += (
+                " `not reachable (min X %)`: every run of the cell failed because the method "
+                "cannot reach its budget; X % of the full size is the smallest budget it reaches."
+            )
         parts.append("\n".join(lines))
     text = "\n\n".join(parts) + "\n"
     if notes:
@@ -669,8 +728,12 @@ def to_latex(tables: Sequence[PaperTable]) -> str:
         for i, row in enumerate(t.rows):
             cells = [tex_escape(row["label"])]
             for model in t.models:
+                floor = t.floors.get((i, model))
                 cells += [
-                    format_cell(t.cells.get((i, model, s.label)), s, tex=True) for s in t.specs
+                    tex_escape(unreachable_text(floor))
+                    if floor is not None
+                    else format_cell(t.cells.get((i, model, s.label)), s, tex=True)
+                    for s in t.specs
                 ]
                 counts = t.counts.get((i, model))
                 cells.append(str(counts[0]) if counts else "--")
@@ -685,7 +748,9 @@ def to_csv_frame(tables: Sequence[PaperTable]) -> pd.DataFrame:
     ``<backbone> <metric> n|mean|std|ci_low|ci_high`` and, for quality metrics,
     ``n_paired|p_value|diff|p_noninferior|p_wilcoxon|verdict|reaches_full|beats_full`` (``diff``:
     mean per-seed difference to the full model over the paired seeds); ``<backbone> n|failed|
-    unfinished`` and ``<backbone> settings`` (full precision)."""
+    unfinished`` and ``<backbone> settings`` (full precision); ``<backbone> budget_floor`` and
+    ``<backbone> note`` (``not reachable (min X %)``) for a cell whose budget the method cannot
+    reach."""
     records = []
     for t in tables:
         for i, row in enumerate(t.rows):
@@ -720,6 +785,9 @@ def to_csv_frame(tables: Sequence[PaperTable]) -> pd.DataFrame:
                 rec[f"{model} failed"] = failed
                 rec[f"{model} unfinished"] = total
                 rec[f"{model} settings"] = t.settings.get((i, model), "")
+                floor = t.floors.get((i, model))
+                rec[f"{model} budget_floor"] = np.nan if floor is None else floor
+                rec[f"{model} note"] = "" if floor is None else unreachable_text(floor)
             records.append(rec)
     frame = pd.DataFrame(records)
     for column in frame.columns:  # counts stay integers where a section lacks the backbone
@@ -744,6 +812,7 @@ class Report:
     skipped: int = 0  # SKIPPED run folders that point at a loaded run (not counted again)
     skipped_stood_in: int = 0  # SKIPPED folders standing in for a run that was not loaded
     margin: float = DEFAULT_MARGIN
+    unreachable: pd.DataFrame = field(default_factory=pd.DataFrame)  # FAILED: budget below floor
 
 
 def make_report(
@@ -770,7 +839,12 @@ def make_report(
         )
     done = members["status"] == "FINISHED" if not members.empty else pd.Series(dtype=bool)
     fin_members, seed_dups = drop_seed_duplicates(members[done])
-    unf_members = members[~done]
+    unreached = unreachable_mask(members)
+    unreach_members = members[unreached]
+    unf_members = members[~done & ~unreached]
+    if not unreach_members.empty:  # not failures: out of failed.csv and "not finished"
+        gone = set(unreach_members["run_id"]) - set(unf_members["run_id"])
+        unfinished = unfinished[~unfinished["run_id"].isin(gone)]
     unknown = int((fin_members["cell"] == "").sum()) if not fin_members.empty else 0
     if unknown:
         notes.append(
@@ -780,12 +854,13 @@ def make_report(
     kinds = sorted(set(labelled["task_kind"])) or ["ranking"]
     specs_for = {kind: metric_specs(kind, list(labelled.columns)) for kind in kinds}
     metrics = summary_metrics(labelled.columns)
-    agg = aggregate(fin_members, unf_members, metrics)
+    agg = aggregate(fin_members, unf_members, metrics, unreach_members)
     agg = compare_with_full(agg, per_seed_values(fin_members, metrics), specs_for, margin)
     unique = fin_members.drop_duplicates("run_id") if not fin_members.empty else fin_members
     return Report(
         labelled, unique, unfinished, duplicates + seed_dups, agg, build_tables(agg, margin),
         fin_members, notes, cell_warnings(agg), skipped, stood, margin,
+        unreachable=unreach_members.drop_duplicates("run_id"),
     )  # fmt: skip
 
 

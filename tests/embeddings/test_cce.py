@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recbench.embeddings.cce import CCEmbedding, kmeans
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 
 def layer(n: int = 3000, d: int = 16, **knobs) -> CCEmbedding:  # noqa: ANN003
@@ -162,7 +162,7 @@ def test_budget_picks_the_largest_rows_that_fit(budget: float) -> None:
 
 def test_budget_impossible_and_knob_errors() -> None:
     with pytest.raises(
-        ConfigError, match=r"method.budget=0.0001 is below the smallest CCEmbedding size"
+        BudgetError, match=r"method.budget=0.0001 is impossible for CCEmbedding .* \(num_rows=2\)"
     ):
         CCEmbedding.solve_budget(0.0001, 2000, 64, num_columns=4)
     with pytest.raises(ConfigError, match="method.num_columns=5 must divide embedding_dim=64"):

@@ -202,7 +202,7 @@ def test_solve_budget_keeps_k_and_breaks_ties_to_the_larger_k() -> None:
     with pytest.raises(
         ConfigError,
         match=r"^method\.budget=0\.001 .*num_subspaces=1, num_centroids=2\).*"
-        r"method\.budget >= 0\.001074",
+        r"method\.budget >= 0\.00107377$",
     ):
         DPQEmbedding.solve_budget(0.001, n, d)
     assert DPQEmbedding.solve_budget(smallest, n, d) == {"num_subspaces": 1, "num_centroids": 2}

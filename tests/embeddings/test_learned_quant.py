@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recbench.embeddings.learned_quant import LearnedQuantEmbedding, init_steps, levels
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 
 def test_levels() -> None:
@@ -97,7 +97,7 @@ def test_budget_picks_the_widest_fitting_bits(budget: float, granularity: str, b
 
 
 def test_impossible_budget_and_knob_errors() -> None:
-    with pytest.raises(ConfigError, match=r"method.budget=0.05 is below the smallest .* bits=2"):
+    with pytest.raises(BudgetError, match=r"method.budget=0.05 is impossible for .* \(bits=2"):
         LearnedQuantEmbedding.solve_budget(0.05, 2000, 64, granularity="row")
     with pytest.raises(ConfigError, match="method.bits=1 is not an integer in 2..8"):
         LearnedQuantEmbedding.check_knobs(64, bits=1)

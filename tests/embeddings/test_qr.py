@@ -9,7 +9,7 @@ import torch
 
 from recbench.embeddings import QuotientRemainderEmbedding
 from recbench.embeddings.qr import qr_indices
-from recbench.errors import ConfigError
+from recbench.errors import BudgetError, ConfigError
 
 
 def test_indices_are_exact_integer_division() -> None:
@@ -112,7 +112,7 @@ def test_solve_budget_is_the_best_fit_from_below(combiner: str) -> None:
 def test_solve_budget_minimum() -> None:
     # min over m of ceil(2000/m) + m is 90 (m = 45): 90 * 16 / (2000 * 16) = 0.045
     with pytest.raises(
-        ConfigError, match=r"smallest achievable budget is 0\.045 \(num_buckets=45\)"
+        BudgetError, match=r"smallest achievable budget is 0\.045 \(num_buckets=45, combiner=mult\)"
     ):
         QuotientRemainderEmbedding.solve_budget(0.04, 2000, 16)
 
