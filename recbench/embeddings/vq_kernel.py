@@ -39,7 +39,6 @@ CELLS_PER_CENTROID = 4
 _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 static inline uint32_t bits_of(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
@@ -52,20 +51,24 @@ static inline int32_t cell_of(float x, float low, float scale, int32_t last) {
 }
 
 /* queries (B, D) with row stride q_row; centroids (D, K) with strides c_row, c_col;
-   codes (B, D) int32 and chosen (B, D) float32, contiguous. Returns 0, or -1 when a subspace
-   holds NaN (the caller then uses the eager search), -2 when out of memory. */
+   codes (B, D) int32 and chosen (B, D) float32, contiguous; work: vq_work_size(D, K, cells)
+   4-byte words of scratch (passed in: allocating it here cost page faults on every call).
+   Returns 0, or -1 when a subspace holds NaN (the caller then uses the eager search). */
+int64_t vq_work_size(int64_t D, int64_t K, int64_t cells) {
+    return D * cells + 3 * D * (K + 2) + K + cells + 2 * D;
+}
+
 int vq_scalar_search(const float *queries, int64_t B, int64_t D, int64_t q_row,
                      const float *centroids, int64_t K, int64_t c_row, int64_t c_col,
-                     int64_t cells_per_centroid, int32_t *codes, float *chosen) {
+                     int64_t cells_per_centroid, int32_t *codes, float *chosen, int32_t *work) {
     int64_t cells = cells_per_centroid * K, width = K + 2;
-    int32_t *begin = malloc(sizeof(int32_t) * D * cells);
-    float *value = malloc(sizeof(float) * D * width);
-    int32_t *code = malloc(sizeof(int32_t) * D * width);
-    int32_t *tie = malloc(sizeof(int32_t) * D * width);
-    int32_t *cell = malloc(sizeof(int32_t) * K), *fill = malloc(sizeof(int32_t) * cells);
-    float *low = malloc(sizeof(float) * D), *scale = malloc(sizeof(float) * D);
+    int32_t *begin = work;
+    float *value = (float *)(begin + D * cells);
+    int32_t *code = (int32_t *)(value + D * width);
+    int32_t *tie = code + D * width;
+    int32_t *cell = tie + D * width, *fill = cell + K;
+    float *low = (float *)(fill + cells), *scale = low + D;
     int status = 0;
-    if (!begin || !value || !code || !tie || !cell || !fill || !low || !scale) { status = -2; goto done; }
     for (int64_t j = 0; j < D && status == 0; j++) {
         const float *c = centroids + j * c_row;
         int32_t *bj = begin + j * cells, *cj = code + j * width, *tj = tie + j * width;
@@ -140,8 +143,6 @@ int vq_scalar_search(const float *queries, int64_t B, int64_t D, int64_t q_row,
             }
         }
     }
-done:
-    free(begin); free(value); free(code); free(tie); free(cell); free(fill); free(low); free(scale);
     return status;
 }
 """
@@ -203,10 +204,25 @@ def load() -> ctypes.CDLL:
     function.argtypes = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
     ]  # fmt: skip
+    library.vq_work_size.restype = ctypes.c_int64
+    library.vq_work_size.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
     _library = library
     return library
+
+
+_work: Tensor | None = None
+
+
+def _workspace(words: int) -> Tensor:
+    """Scratch of at least ``words`` 4-byte words for the kernel, kept between calls (a fresh
+    block of this size would be page-faulted in on every call). One per process: searches run on
+    the training thread."""
+    global _work
+    if _work is None or _work.numel() < words:
+        _work = torch.empty(int(words), dtype=torch.int32)
+    return _work
 
 
 def applies(queries: Tensor, centroids: Tensor) -> bool:
@@ -228,13 +244,13 @@ def search(queries: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor] | None:
     num_rows, num = rows.shape
     codes = torch.empty(num_rows, num, dtype=torch.int32)
     chosen = torch.empty(num_rows, num, dtype=torch.float32)
-    status = load().vq_scalar_search(
+    library, k = load(), table.shape[1]
+    work = _workspace(library.vq_work_size(num, k, CELLS_PER_CENTROID * k))
+    status = library.vq_scalar_search(
         rows.data_ptr(), num_rows, num, rows.stride(0) if num_rows else num,
-        table.data_ptr(), table.shape[1], table.stride(0), table.stride(1),
-        CELLS_PER_CENTROID, codes.data_ptr(), chosen.data_ptr(),
+        table.data_ptr(), k, table.stride(0), table.stride(1),
+        CELLS_PER_CENTROID, codes.data_ptr(), chosen.data_ptr(), work.data_ptr(),
     )  # fmt: skip
-    if status == -2:
-        raise MemoryError("vq_scalar_search: out of memory")
     if status:
         return None
     return codes, chosen.unsqueeze(-1)
