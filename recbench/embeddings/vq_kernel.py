@@ -55,7 +55,7 @@ static inline int32_t cell_of(float x, float low, float scale, int32_t last) {
    4-byte words of scratch (passed in: allocating it here cost page faults on every call).
    Returns 0, or -1 when a subspace holds NaN (the caller then uses the eager search). */
 int64_t vq_work_size(int64_t D, int64_t K, int64_t cells) {
-    return D * cells + 3 * D * (K + 2) + K + cells + 2 * D;
+    return D * cells + 3 * D * (K + 2) + 2 * K + cells + 2 * D;
 }
 
 int vq_scalar_search(const float *queries, int64_t B, int64_t D, int64_t q_row,
@@ -66,7 +66,7 @@ int vq_scalar_search(const float *queries, int64_t B, int64_t D, int64_t q_row,
     float *value = (float *)(begin + D * cells);
     int32_t *code = (int32_t *)(value + D * width);
     int32_t *tie = code + D * width;
-    int32_t *cell = tie + D * width, *fill = cell + K;
+    int32_t *cell = tie + D * width, *crowd = cell + K, *fill = crowd + K;
     float *low = (float *)(fill + cells), *scale = low + D;
     int status = 0;
     for (int64_t j = 0; j < D && status == 0; j++) {
@@ -86,9 +86,10 @@ int vq_scalar_search(const float *queries, int64_t B, int64_t D, int64_t q_row,
         low[j] = lo; scale[j] = sc;
         /* counting sort by cell; positions 1..K, slot 0 and K+1 hold +inf */
         memset(bj, 0, sizeof(int32_t) * cells);
+        int64_t shared = 0;  /* cells holding several values, listed in crowd[] */
         for (int64_t k = 0; k < K; k++) {
             cell[k] = cell_of(c[k * c_col], lo, sc, (int32_t)(cells - 1));
-            bj[cell[k]]++;
+            if (++bj[cell[k]] == 2) crowd[shared++] = cell[k];
         }
         int32_t next = 1;
         for (int64_t g = 0; g < cells; g++) { int32_t n = bj[g]; bj[g] = next; next += n; }
@@ -100,8 +101,8 @@ int vq_scalar_search(const float *queries, int64_t B, int64_t D, int64_t q_row,
             vj[p] = c[k * c_col];
             cj[p] = (int32_t)k;
         }
-        for (int64_t g = 0; g < cells; g++) {
-            int32_t start = bj[g], end = fill[g];
+        for (int64_t n = 0; n < shared; n++) {
+            int32_t start = bj[crowd[n]], end = fill[crowd[n]];
             for (int32_t p = start + 1; p < end; p++) {
                 float v = vj[p]; int32_t id = cj[p]; int32_t r = p - 1;
                 while (r >= start && vj[r] > v) { vj[r + 1] = vj[r]; cj[r + 1] = cj[r]; r--; }
@@ -110,8 +111,7 @@ int vq_scalar_search(const float *queries, int64_t B, int64_t D, int64_t q_row,
         }
         vj[0] = INFINITY; vj[K + 1] = INFINITY; cj[0] = 0; cj[K + 1] = 0;
         /* a run of equal values answers with its lowest index (the first of the run) */
-        for (int64_t p = 2; p <= K; p++)
-            if (vj[p] == vj[p - 1]) cj[p] = cj[p - 1];
+        for (int64_t p = 2; p <= K; p++) cj[p] = vj[p] == vj[p - 1] ? cj[p - 1] : cj[p];
         /* tie bit: the lower neighbour wins an exact tie when its code is the lower one */
         tj[0] = 1; tj[1] = 0; tj[K + 1] = 1;
         for (int64_t p = 2; p <= K; p++) tj[p] = cj[p - 1] < cj[p];
