@@ -32,7 +32,7 @@ batched matrix product (``baddbmm``) per row chunk, then ``argmin``.
 
 With ``train.fused_vq=true`` (``use_fused_search``) the scalar float32 CPU search runs instead as
 one compiled C loop (``recbench.embeddings.vq_kernel``): the same structure and decision rule, so
-the same codes and values bit for bit, in about a third of the time; everything else stays here.
+the same codes and values bit for bit, in well under half the time; everything else stays here.
 """
 
 from __future__ import annotations
