@@ -78,6 +78,7 @@ class TrainConfig:
     progress: bool = True
     sparse: bool = False
     compile: bool = False
+    fused_vq: bool = False
 
 
 @dataclass

@@ -66,7 +66,8 @@ REPORT_TAGS = (
 #: Config keys that do not change what a run computes: left out of ``config_hash``, the resume key
 #: (a run is resumed, i.e. skipped, when a twin has the same ``config_hash`` and ``code_identity``).
 RESUME_EXCLUDED = (
-    "tracking", "dataset.categories", "train.progress", "train.compile", "eval.batch_size",
+    "tracking", "dataset.categories", "train.progress", "train.compile", "train.fused_vq",
+    "eval.batch_size",
     "eval.serving_artifact", "force", "resume",
 )  # fmt: skip
 #: Also left out of a report cell's key (``cell_hash``), so runs differing only here pool as seeds

@@ -29,6 +29,10 @@ matter for speed). Columns:
 ``--compile`` wraps each step's loss in ``torch.compile`` (``train.compile=true``); the warm-up then
 first trains one untimed epoch so that both batch shapes of an epoch are compiled before timing.
 
+A method may carry the suffix ``+fused`` (``dpq+fused``, ``mgqe+fused``): the same layer with
+``train.fused_vq=true``, i.e. the nearest-centroid search in the compiled C loop of
+``recbench.embeddings.vq_kernel`` (same codes and results bit for bit).
+
 ``--interleave`` builds every case of a (scale, model) group first and then times their windows in
 turn (case A window 1, case B window 1, ..., case A window 2, ...), so that compared methods see
 the same machine state: use it for ratios on a shared machine (``relative``: the median over
@@ -226,6 +230,7 @@ def setup_case(
     from recbench.tasks import build_task
 
     device = resolve_device(device_name)
+    method, _, mode = method.partition("+")  # dpq+fused: train.fused_vq=true
     if loss and "@" in loss:  # e.g. sampled_softmax@1000
         loss, _, count = loss.partition("@")
         num_sampled = int(count)
@@ -235,6 +240,12 @@ def setup_case(
     cfg = compose(model_name, method, batch_size, sparse, device_name, tuple(extra))
     torch.manual_seed(0)
     model = build_model(cfg, data).to(device)
+    if mode == "fused":
+        from recbench.embeddings.vq import use_fused_search
+
+        use_fused_search(model)
+    elif mode:
+        raise ValueError(f"unknown method suffix +{mode} (only +fused, for dpq and mgqe)")
     return Case(
         loss=str(cfg.train.loss)
         + (f"@{cfg.train.num_sampled}" if cfg.train.loss == "sampled_softmax" else ""),
@@ -547,7 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     for scale, model, methods, _ in suite:
         if scale not in SCALES:
             parser.error(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
-        unknown = [m for m in methods if not (ROOT / "conf" / "method" / f"{m}.yaml").is_file()]
+        unknown = [
+            m
+            for m in methods
+            if not (ROOT / "conf" / "method" / f"{m.partition('+')[0]}.yaml").is_file()
+        ]
         if unknown or not (ROOT / "conf" / "model" / f"{model}.yaml").is_file():
             parser.error(
                 f"unknown model {model!r} or methods {unknown}; see conf/model and conf/method"

@@ -10,6 +10,11 @@ median over rounds of its step time divided by the full model's in the same roun
 
     python scripts/compare_vq_commits.py --before edf1090 --batch-size 4096 --rounds 5
 
+``--fused`` switches the working tree's copies to the compiled search (``train.fused_vq=true``), so
+that ``--before`` names the eager implementation to compare with, e.g. the merge base:
+
+    python scripts/compare_vq_commits.py --before f219488 --fused --check --clock thread
+
 ``--check`` first trains both copies of each method on the same batches for ``--check-steps``
 steps and prints whether every parameter is still bit-identical (and the largest difference).
 """
@@ -35,6 +40,7 @@ import bench_throughput as bench  # noqa: E402
 
 from recbench.data.prepared import prepare  # noqa: E402
 from recbench.embeddings.base import embedding_layers  # noqa: E402
+from recbench.embeddings.vq import use_fused_search  # noqa: E402
 from recbench.engine.device import flush_denormals  # noqa: E402
 from recbench.engine.loop import train_step  # noqa: E402
 
@@ -69,7 +75,8 @@ def load_old(commit: str, folder: Path) -> tuple[type, type]:
 def check(cases: dict, steps: int) -> None:
     """Train each before/after pair on the same batches; print whether they stay bit-identical."""
     for method in ("dpq", "mgqe"):
-        before, after = cases[f"{method} before"], cases[f"{method} after"]
+        before = cases[f"{method} before"]
+        after = next(case for label, case in cases.items() if label.startswith(f"{method} after"))
         before.model.train()
         after.model.train()
         batches = iter(after.parts.sampler.epoch(torch.Generator().manual_seed(1)))
@@ -99,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         help="wall: perf_counter; thread: this thread's CPU time (time.thread_time), which leaves "
         "out the time the process waits for a core on a loaded machine (use with 1 thread)",
     )  # fmt: skip
+    parser.add_argument(
+        "--fused", action="store_true",
+        help="the working tree's layers search with the compiled C loop (train.fused_vq=true)",
+    )  # fmt: skip
     parser.add_argument("--check", action="store_true", help="first check bit-identity (see above)")
     parser.add_argument("--check-steps", type=int, default=20)
     args = parser.parse_args(argv)
@@ -114,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             if old is not None:
                 for layer in embedding_layers(case.model).values():
                     layer.__class__ = old
+            elif args.fused and method != "full":
+                use_fused_search(case.model)
+                label += " (fused)"
             cases[label] = case
         flush_denormals()
         if args.check:
@@ -141,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"GMF, {args.scale}, batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; "
           f"before = {args.before}")  # fmt: skip
-    print(f"{'case':12} {'ms/step':>9} {'x full':>7}")
+    print(f"{'case':20} {'ms/step':>9} {'x full':>7}")
     for label, values in times.items():
         ratio = statistics.median(v / f for v, f in zip(values, times["full"]))
-        print(f"{label:12} {1e3 * statistics.median(values):9.2f} {ratio:7.2f}")
+        print(f"{label:20} {1e3 * statistics.median(values):9.2f} {ratio:7.2f}")
     return 0
 
 

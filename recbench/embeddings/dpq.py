@@ -101,7 +101,9 @@ class DPQEmbedding(VQEmbedding):
     def _search_all(self, values: bool) -> tuple[Tensor, Tensor | None]:
         """``(n, D)`` codes of the real ids and, with ``values``, their ``(n, d)`` rows."""
         queries = self.query.weight[1:].detach().view(-1, self.num_subspaces, self.subspace_dim)
-        codes, chosen = nearest_centroids(queries, self.centroids, values=values)
+        codes, chosen = nearest_centroids(
+            queries, self.centroids, values=values, fused=self.fused_search
+        )
         rows = None if chosen is None else chosen.reshape(-1, self.embedding_dim)
         return codes.to(torch.int64), rows
 
@@ -110,7 +112,7 @@ class DPQEmbedding(VQEmbedding):
     ) -> tuple[Tensor, Tensor]:
         queries = self._query_rows(unique).view(-1, self.num_subspaces, self.subspace_dim)
         if known is None:
-            codes, chosen = nearest_centroids(queries, self.centroids)
+            codes, chosen = nearest_centroids(queries, self.centroids, fused=self.fused_search)
         else:  # codes of ids 1..n; the padding id's row is zeroed anyway
             codes, chosen = known[(unique - 1).clamp_(min=0)], None
         padding = unique[:1] == 0

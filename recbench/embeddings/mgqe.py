@@ -249,7 +249,9 @@ class MGQEmbedding(VQEmbedding):
             centroids = self.tier_centroids(tier)
             queries = self.query.weight[start:end].detach()
             grouped = queries.view(-1, centroids.shape[0], centroids.shape[2])
-            tier_codes, chosen = nearest_centroids(grouped, centroids, values=values)
+            tier_codes, chosen = nearest_centroids(
+                grouped, centroids, values=values, fused=self.fused_search
+            )
             codes.append(tier_codes.to(torch.int64))
             if values:
                 rows.append(chosen.reshape(-1, self.embedding_dim))
@@ -278,7 +280,7 @@ class MGQEmbedding(VQEmbedding):
                 -1, centroids.shape[0], centroids.shape[2]
             )
             if known is None:
-                codes, chosen = nearest_centroids(queries, centroids)
+                codes, chosen = nearest_centroids(queries, centroids, fused=self.fused_search)
             else:
                 codes, chosen = known[tier][unique[piece] - self.tier_starts[tier]], None
             out, tier_aux = quantize(queries, centroids, codes, self.beta, counts[piece], chosen)
@@ -302,7 +304,7 @@ class MGQEmbedding(VQEmbedding):
             piece = slice(bounds[tier] - bounds[0], bounds[tier + 1] - bounds[0])
             if known is None:
                 tier_codes, tier_chosen = nearest_centroids(
-                    queries[piece], self.tier_centroids(tier)
+                    queries[piece], self.tier_centroids(tier), fused=self.fused_search
                 )
                 chosen.append(tier_chosen)
             else:

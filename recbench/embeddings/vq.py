@@ -29,6 +29,10 @@ flat gathers and integer/float passes over the ``B x D`` queries, with no ``wher
 the queries. The result equals ``argmin`` bit for bit, ties included
 (``tests/embeddings/test_vq.py``). Subspaces of several dimensions use ``|c|^2 - 2 q.c`` from one
 batched matrix product (``baddbmm``) per row chunk, then ``argmin``.
+
+With ``train.fused_vq=true`` (``use_fused_search``) the scalar float32 CPU search runs instead as
+one compiled C loop (``recbench.embeddings.vq_kernel``): the same structure and decision rule, so
+the same codes and values bit for bit, in well under half the time; everything else stays here.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from recbench.embeddings import vq_kernel
 from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.packing import MAX_BITS
 from recbench.errors import ConfigError
@@ -68,19 +73,24 @@ def nearest_codes(queries: Tensor, centroids: Tensor) -> Tensor:
 
 
 def nearest_centroids(
-    queries: Tensor, centroids: Tensor, *, values: bool = True
+    queries: Tensor, centroids: Tensor, *, values: bool = True, fused: bool = False
 ) -> tuple[Tensor, Tensor | None]:
     """Codes ``(B, D)`` (int32 or int64) of the nearest centroids and, with ``values``, the chosen
     centroids ``(B, D, s)`` themselves (no gradient; bit-equal to ``gather_centroids``).
 
     Why both: the scalar search finds the chosen value on the way, so training and the served
-    table skip a separate gather."""
+    table skip a separate gather. ``fused``: scalar float32 CPU searches run in the compiled C
+    loop of ``recbench.embeddings.vq_kernel`` (``train.fused_vq``; the same codes and values)."""
     with torch.no_grad():
         queries, centroids = queries.detach(), centroids.detach()
         num, _, s = centroids.shape
         if queries.shape[0] == 0:
             codes = torch.empty(0, num, dtype=torch.int64, device=queries.device)
             return codes, (queries.new_empty(0, num, s) if values else None)
+        if fused and vq_kernel.applies(queries, centroids):
+            found = vq_kernel.search(queries, centroids)
+            if found is not None:
+                return found[0], (found[1] if values else None)
         if s == 1:
             grid = _ScalarGrid.build(centroids[..., 0])
             if grid is not None:
@@ -564,6 +574,8 @@ class VQEmbedding(CompressedEmbedding):
             self.query.weight[0].zero_()
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: tuple[Any, Tensor] | None = None
+        #: Search scalar subspaces with the compiled C loop (``use_fused_search``); same codes.
+        self.fused_search = False
         #: Training: (version key, codes of every id) from the last whole-table decode.
         self._train_codes: tuple[Any, Any] | None = None
 
@@ -647,3 +659,17 @@ class VQEmbedding(CompressedEmbedding):
                 self._train_codes = (key, self._search_all(values=False)[0])
         ids = torch.arange(self.num_embeddings, device=self.query.weight.device)
         return self._train_step_lookup(ids, torch.ones_like(ids), self._train_codes[1])
+
+
+def use_fused_search(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every DPQ/MGQE layer of ``model`` to the compiled nearest-centroid search
+    (``train.fused_vq=true``; ``recbench.embeddings.vq_kernel``) or back; returns how many layers
+    it switched. Compiles the kernel first, so a missing C compiler fails here with a one-line
+    ``ConfigError``, before training starts. The codes, outputs and gradients are the same bit for
+    bit; only the search is faster."""
+    layers = [m for m in model.modules() if isinstance(m, VQEmbedding)]
+    if enabled and layers:
+        vq_kernel.load()
+    for layer in layers:
+        layer.fused_search = bool(enabled)
+    return len(layers)

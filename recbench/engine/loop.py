@@ -44,7 +44,9 @@ class FitOptions:
     embeddings start to help, and patience alone would call that plateau convergence. ``seed``
     seeds the generator of every sampler draw; ``progress`` shows bars; ``sparse`` gives embedding
     tables sparse gradients and SparseAdam; ``compile`` runs the loss (the model's forward and,
-    through AOTAutograd, its backward) under ``torch.compile``; the optimizer stays eager.
+    through AOTAutograd, its backward) under ``torch.compile``; the optimizer stays eager;
+    ``fused_vq`` runs DPQ/MGQE's nearest-centroid search in the compiled C loop of
+    ``recbench.embeddings.vq_kernel`` (same results bit for bit, shorter CPU steps).
     """
 
     loss: str
@@ -58,6 +60,7 @@ class FitOptions:
     progress: bool = True
     sparse: bool = False
     compile: bool = False
+    fused_vq: bool = False
 
 
 @dataclass
@@ -145,6 +148,10 @@ def _train(
     epochs, monitor, progress = options.epochs, options.monitor, options.progress
     loss_fn = loss_function(options.loss, options.compile)
     device = next(model.parameters()).device
+    if options.fused_vq:
+        from recbench.embeddings.vq import use_fused_search
+
+        use_fused_search(model)
     flush_denormals()
     generator = torch.Generator(device=device)
     generator.manual_seed(options.seed)
