@@ -221,11 +221,6 @@ def setup_case(
     (shared with ``profile_step.py``); the model's default loss (SASRec: the paper's ``bce``)
     unless ``loss`` names another (``num_sampled``: ``train.num_sampled`` of the sampled softmax);
     ``compile_loss`` wraps the loss in ``torch.compile`` as ``train.compile=true`` does."""
-    from recbench.assembly import build_model
-    from recbench.engine.device import resolve_device
-    from recbench.tasks import build_task
-
-    device = resolve_device(device_name)
     if loss and "@" in loss:  # e.g. sampled_softmax@1000
         loss, _, count = loss.partition("@")
         num_sampled = int(count)
@@ -233,6 +228,18 @@ def setup_case(
     if num_sampled:
         extra.append(f"train.num_sampled={num_sampled}")
     cfg = compose(model_name, method, batch_size, sparse, device_name, tuple(extra))
+    return case_from_config(data, cfg, compile_loss)
+
+
+def case_from_config(data: PreparedData, cfg: Any, compile_loss: bool = False) -> Case:
+    """The case a composed config describes (``setup_case``'s second half; also used by
+    ``bench_method_cost.py``, which edits ``method.budget`` in one composed config instead of
+    composing again). Adam gets ``train.weight_decay`` (0 by default), as ``fit`` does."""
+    from recbench.assembly import build_model
+    from recbench.engine.device import resolve_device
+    from recbench.tasks import build_task
+
+    device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
     model = build_model(cfg, data).to(device)
     return Case(
@@ -241,7 +248,7 @@ def setup_case(
         model=model,
         parts=build_task(data, cfg, device),
         loss_fn=loss_function(cfg.train.loss, compile_loss),
-        optimizer=make_optimizer(model, cfg.train.lr, 0.0, sparse),
+        optimizer=make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.sparse),
         generator=torch.Generator(device=device).manual_seed(0),
         device=device,
     )
