@@ -162,6 +162,8 @@ def compose(
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    import recbench.config  # noqa: F401 - registers the schema the config's defaults name
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(
             "config",
@@ -228,13 +230,17 @@ def setup_case(
     if num_sampled:
         extra.append(f"train.num_sampled={num_sampled}")
     cfg = compose(model_name, method, batch_size, sparse, device_name, tuple(extra))
-    return case_from_config(data, cfg, compile_loss)
+    # no weight decay, as this benchmark always ran (sparse cases could not have it)
+    return case_from_config(data, cfg, compile_loss, weight_decay=0.0)
 
 
-def case_from_config(data: PreparedData, cfg: Any, compile_loss: bool = False) -> Case:
+def case_from_config(
+    data: PreparedData, cfg: Any, compile_loss: bool = False, weight_decay: float | None = None
+) -> Case:
     """The case a composed config describes (``setup_case``'s second half; also used by
     ``bench_method_cost.py``, which edits ``method.budget`` in one composed config instead of
-    composing again). Adam gets ``train.weight_decay`` (0 by default), as ``fit`` does."""
+    composing again). Adam's weight decay: ``weight_decay``, else the config's
+    ``train.weight_decay``, as ``fit`` uses it."""
     from recbench.assembly import build_model
     from recbench.engine.device import resolve_device
     from recbench.tasks import build_task
@@ -248,7 +254,12 @@ def case_from_config(data: PreparedData, cfg: Any, compile_loss: bool = False) -
         model=model,
         parts=build_task(data, cfg, device),
         loss_fn=loss_function(cfg.train.loss, compile_loss),
-        optimizer=make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.sparse),
+        optimizer=make_optimizer(
+            model,
+            cfg.train.lr,
+            cfg.train.weight_decay if weight_decay is None else weight_decay,
+            cfg.train.sparse,
+        ),
         generator=torch.Generator(device=device).manual_seed(0),
         device=device,
     )
