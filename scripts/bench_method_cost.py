@@ -4,7 +4,7 @@
 Why (issue 16): the equal-memory leaderboard (``conf/experiment/leaderboard_gmf.yaml``) compares
 the methods' quality at one serving size; what each costs to *train* belongs next to it. This
 script builds GMF exactly as a leaderboard run does (``+experiment=leaderboard_gmf``: its batch
-512, lr, weight decay, BCE with 4 negatives; each method's ``method.budget`` solved per table by
+of 512 positives with 4 negatives each, lr, weight decay, BCE; each method's ``method.budget`` solved per table by
 ``recbench.assembly.build_model``) on ml-100k-sized tables, and times, per budget:
 
 * ``step_ms``: one training step, ``recbench.engine.loop.train_step`` (forward, auxiliary losses,
@@ -23,11 +23,13 @@ script builds GMF exactly as a leaderboard run does (``+experiment=leaderboard_g
   reported as their total ms over those epochs and the largest single epoch's ms, and amortised
   into ``step+hooks x full``: (step time + hook total / (epochs x steps per epoch)) / full's step,
   with the steps of one epoch of the prepared data at this batch size;
-* ``peak_MiB``: peak resident-memory growth (RSS, ``ru_maxrss`` minus the RSS at the start) of a
-  child process forked before any case is built, that builds the case, trains ``--warmup`` steps,
-  evaluates once and runs the hooks: the whole working set of one method (tables, Adam state,
-  batch intermediates, the eval score matrix), page-granular; tracemalloc cannot be used because
-  torch's CPU tensors bypass Python's allocator;
+* ``train state KiB``: bytes of the parameters, buffers and Adam moments held between steps
+  (exact; measured before the hooks drop any optimizer state);
+* ``peak RSS MiB train / eval``: peak resident-memory growth (``VmHWM``, not tracemalloc: torch's
+  CPU tensors bypass Python's allocator) of a child forked before the parent builds any case,
+  that builds the case and trains ``--warmup`` steps (train), then evaluates once (eval,
+  cumulative), then runs the hooks (CSV only): page-granular, and at this scale dominated by the
+  sampler's epoch arrays and the users x items score matrices that every method shares;
 * ``serving KiB`` and ``% full``: ``recbench.size.model_size`` (the serving artifact's bits).
 
 A budget a method cannot reach is reported as ``not reachable (min X)``, X the smallest budget its
@@ -73,7 +75,7 @@ from recbench.data.prepared import PreparedData, prepare  # noqa: E402
 from recbench.embeddings.base import embedding_layers  # noqa: E402
 from recbench.engine.device import flush_denormals  # noqa: E402
 from recbench.engine.loop import train_step  # noqa: E402
-from recbench.errors import ConfigError  # noqa: E402
+from recbench.errors import ConfigError, RecbenchError  # noqa: E402
 from recbench.size import model_size  # noqa: E402
 
 #: The leaderboard's methods (conf/experiment/leaderboard_gmf.yaml), in its order.
@@ -425,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma list of methods (default: the leaderboard's 14); full is always measured")  # fmt: skip
     parser.add_argument(
-        "--batch-size", type=int, default=512, help="examples per step (the leaderboard's 512)"
+        "--batch-size",
+        type=int,
+        default=512,
+        help="positives per step, each with the leaderboard's 4 negatives (its 512)",
     )
     parser.add_argument("--steps", type=int, default=50, help="training steps per timed window")
     parser.add_argument(
@@ -464,10 +469,18 @@ def main(argv: list[str] | None = None) -> int:
     load_avg = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average "
           f"{load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f}", flush=True)  # fmt: skip
+    if (
+        args.dataset != "synthetic"
+        and not (ROOT / "conf" / "dataset" / f"{args.dataset}.yaml").is_file()
+    ):
+        parser.error(f"--dataset={args.dataset!r} is neither synthetic nor a file of conf/dataset/")
     base = leaderboard_config(
         args.batch_size, None if args.dataset == "synthetic" else args.dataset
     )
-    data = load(base, args)
+    try:
+        data = load(base, args)
+    except RecbenchError as exc:  # e.g. the dataset's files are not under RECBENCH_DATA
+        parser.error(str(exc).splitlines()[0])
     rows: list[Row] = []
     started = time.perf_counter()
     peaks = {}  # forked before the parent builds any case, so none inherits another's pages

@@ -91,3 +91,13 @@ def test_bad_budgets_are_a_one_line_usage_error(capsys) -> None:
         cost.main(["--budgets", "0.25,2"])
     assert stop.value.code == 2
     assert "--budgets='0.25,2' must be a comma list of numbers in (0, 1)" in capsys.readouterr().err
+
+
+def test_unknown_dataset_is_a_one_line_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cost.main(["--dataset", "ml-9m"])
+    assert stop.value.code == 2
+    assert (
+        "--dataset='ml-9m' is neither synthetic nor a file of conf/dataset/"
+        in capsys.readouterr().err
+    )
