@@ -12,7 +12,7 @@ EXT_STAMP := $(EXT_VENV)/.installed
 RECBOLE ?= recbole==1.2.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint format mlflow-ui bench bench-crossover bench-ttq bench-ttq-recbole reproduce-small clean
+.PHONY: help install run test test-slow lint format mlflow-ui bench bench-method-cost bench-crossover bench-ttq bench-ttq-recbole reproduce-small clean
 
 help: ## list the commands
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ reproduce-small: $(STAMP) ## reduced mgqe_table3 (ml-100k if RECBENCH_DATA has i
 
 bench: $(STAMP) ## training/evaluation throughput table (scripts/bench_throughput.py; ARGS="--help")
 	$(PY) scripts/bench_throughput.py $(ARGS)
+
+bench-method-cost: $(STAMP) ## per-method training/eval cost vs full at leaderboard budgets, GMF ml-100k size (scripts/bench_method_cost.py; ARGS="--help")
+	OMP_NUM_THREADS=1 $(PY) scripts/bench_method_cost.py --threads 1 $(ARGS)
 
 bench-crossover: $(STAMP) ## dense vs sparse embedding updates across vocabulary sizes (scripts/bench_sparse_crossover.py)
 	$(PY) scripts/bench_sparse_crossover.py $(ARGS)

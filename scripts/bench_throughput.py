@@ -166,6 +166,8 @@ def compose(
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    import recbench.config  # noqa: F401 - registers the schema the config's defaults name
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(
             "config",
@@ -225,12 +227,9 @@ def setup_case(
     (shared with ``profile_step.py``); the model's default loss (SASRec: the paper's ``bce``)
     unless ``loss`` names another (``num_sampled``: ``train.num_sampled`` of the sampled softmax);
     ``compile_loss`` wraps the loss in ``torch.compile`` as ``train.compile=true`` does."""
-    from recbench.assembly import build_model
-    from recbench.engine.device import resolve_device
-    from recbench.tasks import build_task
-
-    device = resolve_device(device_name)
     method, _, mode = method.partition("+")  # dpq+fused: train.fused_vq=true
+    if mode not in ("", "fused"):
+        raise ValueError(f"unknown method suffix +{mode} (only +fused, for dpq and mgqe)")
     if loss and "@" in loss:  # e.g. sampled_softmax@1000
         loss, _, count = loss.partition("@")
         num_sampled = int(count)
@@ -238,21 +237,44 @@ def setup_case(
     if num_sampled:
         extra.append(f"train.num_sampled={num_sampled}")
     cfg = compose(model_name, method, batch_size, sparse, device_name, tuple(extra))
+    # no weight decay, as this benchmark always ran (sparse cases could not have it)
+    return case_from_config(data, cfg, compile_loss, weight_decay=0.0, fused=mode == "fused")
+
+
+def case_from_config(
+    data: PreparedData,
+    cfg: Any,
+    compile_loss: bool = False,
+    weight_decay: float | None = None,
+    fused: bool = False,
+) -> Case:
+    """The case a composed config describes (``setup_case``'s second half; also used by
+    ``bench_method_cost.py``, which edits ``method.budget`` in one composed config instead of
+    composing again). Adam's weight decay: ``weight_decay``, else the config's
+    ``train.weight_decay``, as ``fit`` uses it."""
+    from recbench.assembly import build_model
+    from recbench.engine.device import resolve_device
+    from recbench.tasks import build_task
+
+    device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
     model = build_model(cfg, data).to(device)
-    if mode == "fused":
+    if fused:  # the compiled DPQ/MGQE search (train.fused_vq=true)
         from recbench.embeddings.vq import use_fused_search
 
         use_fused_search(model)
-    elif mode:
-        raise ValueError(f"unknown method suffix +{mode} (only +fused, for dpq and mgqe)")
     return Case(
         loss=str(cfg.train.loss)
         + (f"@{cfg.train.num_sampled}" if cfg.train.loss == "sampled_softmax" else ""),
         model=model,
         parts=build_task(data, cfg, device),
         loss_fn=loss_function(cfg.train.loss, compile_loss),
-        optimizer=make_optimizer(model, cfg.train.lr, 0.0, sparse),
+        optimizer=make_optimizer(
+            model,
+            cfg.train.lr,
+            cfg.train.weight_decay if weight_decay is None else weight_decay,
+            cfg.train.sparse,
+        ),
         generator=torch.Generator(device=device).manual_seed(0),
         device=device,
     )
