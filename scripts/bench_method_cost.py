@@ -48,6 +48,8 @@ import csv
 import json
 import math
 import os
+import select
+import signal
 import statistics
 import sys
 import time
@@ -240,6 +242,10 @@ def map_file_pages() -> None:
         libc.madvise(start, end - start, populate_read)  # failures (old kernel) leave it lazy
 
 
+#: Seconds a forked memory child may take before it is killed (it normally takes a few).
+CHILD_TIMEOUT_S = 300.0
+
+
 def peak_in_child(
     base: DictConfig,
     data: PreparedData,
@@ -275,6 +281,16 @@ def peak_in_child(
             os.write(write, json.dumps(result).encode())
             os._exit(0)
     os.close(write)
+    # A fork of a process whose OpenMP pool or other threads held a lock can hang in the child
+    # (e.g. inside a test runner that ran threaded code before): give up after ``CHILD_TIMEOUT_S``
+    # and report no memory figures rather than hang the benchmark.
+    ready, _, _ = select.select([read], [], [], CHILD_TIMEOUT_S)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read)
+        print(f"warning: the memory child for {method} hung; no peak RSS figures", file=sys.stderr)
+        return {}
     with os.fdopen(read) as pipe:
         text = pipe.read()
     os.waitpid(pid, 0)

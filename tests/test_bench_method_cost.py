@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_method_cost as cost  # noqa: E402
 
@@ -76,14 +81,37 @@ def test_method_node_is_the_one_hydra_composes() -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_peak_in_child_reports_each_phase() -> None:
-    args = argparse.Namespace(
-        users=30, items=40, events=400, dataset="synthetic", warmup=1, hook_epochs=2
+    """In a fresh interpreter, as the script runs: a fork of the test runner itself, whose earlier
+    tests left OpenMP pools and threads behind, can hang in the child (the script then gives up
+    after CHILD_TIMEOUT_S, tested below)."""
+    code = (
+        "import argparse, json, sys; sys.path.insert(0, 'scripts'); import bench_method_cost as c; "
+        "a = argparse.Namespace(users=30, items=40, events=400, dataset='synthetic', warmup=1, "
+        "hook_epochs=2); b = c.leaderboard_config(64); "
+        "print(json.dumps(c.peak_in_child(b, c.load(b, a), 'full', None, a)))"
     )
-    base = cost.leaderboard_config(64)
-    data = cost.load(base, args)
-    peaks = cost.peak_in_child(base, data, "full", None, args)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    peaks = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(peaks) == set(cost.PHASES)
     assert all(math.isfinite(v) and v >= 0 for v in peaks.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_hung_memory_child_is_killed_and_reported_empty(monkeypatch, capsys) -> None:
+    def hang(*_args, **_kwargs) -> None:
+        time.sleep(60)
+
+    monkeypatch.setattr(cost, "CHILD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(cost, "map_file_pages", hang)
+    args = argparse.Namespace(warmup=1, hook_epochs=1)
+    started = time.monotonic()
+    assert cost.peak_in_child(None, None, "full", None, args) == {}
+    assert time.monotonic() - started < 30
+    assert "hung" in capsys.readouterr().err
 
 
 def test_bad_budgets_are_a_one_line_usage_error(capsys) -> None:
