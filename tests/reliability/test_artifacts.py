@@ -49,6 +49,15 @@ def verify_cli(folder: Path) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+def test_the_tolerance_follows_the_scores_scale() -> None:
+    """float32 rounding of a logit of ~17 (a DHE run's 5.7e-6) is not a broken artifact, while
+    the same error on scores within [-1, 1] still is."""
+    assert serving.allowed_difference(torch.tensor([0.3, -0.9])) == serving.TOLERANCE
+    assert serving.allowed_difference(torch.tensor([-16.7, 2.0])) == pytest.approx(16.7e-6)
+    assert 5.7e-6 <= serving.allowed_difference(torch.tensor([16.7]))
+    assert 5.7e-6 > serving.allowed_difference(torch.tensor([0.5]))
+
+
 def test_a_clean_artifact_verifies(artifact: Path) -> None:
     assert serving.verify(artifact) <= serving.TOLERANCE
     manifest = json.loads((artifact / serving.MANIFEST).read_text())
