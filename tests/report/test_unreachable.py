@@ -143,3 +143,21 @@ def test_mlflow_tag_is_read_as_the_floor() -> None:
     (table,) = report.tables
     assert list(table.floors.values()) == [0.12]
     assert unreachable_text(0.12) == "not reachable (min 12 %)"
+
+
+def test_rows_without_a_finished_run_sort_by_the_budget_asked() -> None:
+    """Unreachable rows have no size: ordered as text, "budget=0.05" came before "budget=0.1"."""
+    from recbench.report.load import make_row, to_frame
+    from recbench.report.tables import make_report, requested_size
+
+    assert requested_size("budget=0.05") == pytest.approx(5.0)
+    assert requested_size("bits=4, budget=0.1") == pytest.approx(10.0)
+    assert math.isnan(requested_size("bits=4")) and math.isnan(requested_size("budget=abc"))
+    rows = []
+    for i, budget in enumerate(["0.05", "0.1"]):
+        tags = {"dataset": "toy", "model": "gmf", "method": "mixed_dim", "task": "ranking",
+                "seed": "0", "loss": "bce", "budget": budget, "config_hash": f"m{i}",
+                "cell_hash": f"c{i}", record.BUDGET_FLOOR: "0.12", "error": "method.budget=..."}  # fmt: skip
+        rows.append(make_row(f"r{i}", "", "toy", "FAILED", pd.Timestamp(0), tags, {}, {}))
+    (table,) = make_report(to_frame(rows)).tables
+    assert [row["setting"] for row in table.rows] == ["budget=0.1", "budget=0.05"]
