@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import pytest
 import torch
 
-from recbench.data.interactions import Interactions
-from recbench.data.prepared import prepare
 from recbench.embeddings import DPQEmbedding, MGQEmbedding, vq, vq_kernel
 from recbench.engine.loop import FitOptions, fit
 from recbench.engine.samplers.pairs import PairSampler
 from recbench.errors import ConfigError
 from recbench.models.base import DataInfo
 from recbench.models.gmf import GMF
+from tests.test_training import small_ranking_data
 
 needs_compiler = pytest.mark.skipif(
     vq_kernel._compiler() is None, reason="no C compiler on this machine"
@@ -102,14 +100,6 @@ def test_kernel_leaves_other_searches_to_the_eager_path() -> None:
         assert vq_kernel.search(torch.randn(5, 4, 1), broken) is None
 
 
-def tiny_data():
-    rng = np.random.default_rng(0)
-    users = np.repeat(np.arange(60), 8)
-    items = np.concatenate([rng.choice(40, 8, replace=False) for _ in range(60)])
-    inter = Interactions(user=users, item=items, timestamp=np.arange(len(users)), name="t")
-    return prepare(inter, "ranking", seed=0)
-
-
 @needs_compiler
 @pytest.mark.parametrize(
     "factory",
@@ -125,7 +115,7 @@ def tiny_data():
 def test_fused_training_is_bit_identical(factory: functools.partial) -> None:
     """``train.fused_vq=true`` trains exactly like the eager search: same losses, same
     parameters, same served table."""
-    data = tiny_data()
+    data = small_ranking_data()
     results = []
     for fused in (False, True):
         torch.manual_seed(0)
@@ -151,7 +141,7 @@ def test_missing_compiler_is_a_one_line_config_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(vq_kernel, "_library", None)
     monkeypatch.setattr(vq_kernel, "_compiler", lambda: None)
     model = GMF(
-        DataInfo.from_prepared(tiny_data()),
+        DataInfo.from_prepared(small_ranking_data()),
         functools.partial(DPQEmbedding, num_subspaces=8, num_centroids=16),
         embedding_dim=8,
     )
