@@ -325,6 +325,13 @@ class CompressedEmbedding(nn.Module):
         """
         return []
 
+    def no_weight_decay(self) -> list[nn.Parameter]:
+        """Parameters the optimizer must not decay (``train.weight_decay`` skips them). Decay on a
+        row is a pull of that embedding towards zero; on a factor of a factorised table it is a
+        different regulariser, which can outweigh gradients that are products of other small
+        factors (TT-Rec's cores collapse under it). Default: none."""
+        return []
+
     def sparse_parameters(self) -> list[nn.Parameter]:
         """The method's own tables read only through ``_lookup`` (row gathers), which may train
         with sparse gradients; ``nn.Embedding`` children are handled by

@@ -135,6 +135,7 @@ class TTRecKnobs(Knobs):
     n_factors: list[int] | None = None  # row factors; null: balanced factorisation of n
     d_factors: list[int] | None = None  # dimension factors; null: balanced factorisation of d
     init_std: float = 0.01
+    decay_cores: bool = False  # train.weight_decay on the cores (the paper trains without decay)
 
     def validate(self, embedding_dim: int) -> None:
         k = self.num_cores
@@ -229,6 +230,13 @@ class TTRecEmbedding(CompressedEmbedding):
         assert res is not None
         return self._zero_padding(ids, res.reshape(*ids.shape, self.embedding_dim))
 
+    def no_weight_decay(self) -> list[nn.Parameter]:
+        """The cores, unless ``decay_cores``: Adam's decay pulls each core entry to zero at a rate
+        that does not shrink with the entry, while the entry's gradient is a product of the other
+        cores' small entries; at GMF's weight decay 1e-5 every seed collapsed to constant scores in
+        its first epoch (docs/results.md, equal-memory leaderboard)."""
+        return [] if self.decay_cores else list(self.cores)
+
     def full_table(self) -> Tensor:
         rows = tt_full(list(self.cores), self.num_ids)
         return torch.cat([rows.new_zeros(1, self.embedding_dim), rows])
@@ -243,6 +251,7 @@ class TTRecEmbedding(CompressedEmbedding):
             "n_factors": list(self.rows),
             "d_factors": list(self.dims),
             "init_std": self.init_std,
+            "decay_cores": self.decay_cores,
         }
 
     def serving_tensors(self) -> dict[str, Tensor]:

@@ -41,10 +41,18 @@ def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     ]
 
 
+def no_decay_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters every compressed layer exempts from weight decay (``no_weight_decay``)."""
+    from recbench.embeddings.base import embedding_layers
+
+    return [p for layer in embedding_layers(model).values() for p in layer.no_weight_decay()]
+
+
 def make_optimizer(
     model: torch.nn.Module, lr: float, weight_decay: float, sparse: bool = False
 ) -> Optimizers:
-    """Adam over every trainable parameter; with ``sparse``, embedding tables get sparse gradients
+    """Adam over every trainable parameter (``weight_decay`` on all but those a compressed layer
+    exempts, see ``no_weight_decay``); with ``sparse``, embedding tables get sparse gradients
     and SparseAdam (which updates only the rows a batch touched: the per-step cost no longer grows
     with the vocabulary), everything else dense Adam."""
     sparse_params: list[torch.nn.Parameter] = []
@@ -57,9 +65,15 @@ def make_optimizer(
         sparse_params = sparse_tables(model)
     chosen = {id(p) for p in sparse_params}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    exempt = {id(p) for p in no_decay_parameters(model)}
+    groups = [
+        {"params": [p for p in dense if id(p) not in exempt], "weight_decay": weight_decay},
+        {"params": [p for p in dense if id(p) in exempt], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
     optimizers: list[torch.optim.Optimizer] = []
-    if dense:
-        optimizers.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
+    if groups:
+        optimizers.append(torch.optim.Adam(groups, lr=lr))
     if sparse_params:
         optimizers.append(torch.optim.SparseAdam(sparse_params, lr=lr))
     return Optimizers(optimizers)

@@ -129,3 +129,30 @@ def test_large_lookups_gather_from_the_materialised_table(monkeypatch: pytest.Mo
     for dense, per_id in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(dense, per_id, rtol=1e-4, atol=1e-7)
     assert torch.all(results[0][0][ids == 0] == 0)
+
+
+@pytest.mark.parametrize("decay_cores", [False, True])
+def test_weight_decay_skips_the_cores_unless_asked(decay_cores: bool) -> None:
+    """With zero gradients Adam moves a (nonzero) parameter only through its weight decay: GMF's
+    output weight must move, TT-Rec's cores only with ``decay_cores=true``."""
+    import functools
+
+    from recbench.engine.optim import make_optimizer
+    from recbench.models.base import DataInfo
+    from recbench.models.gmf import GMF
+    from tests.test_training import small_ranking_data
+
+    torch.manual_seed(0)
+    factory = functools.partial(TTRecEmbedding, tt_rank=4, decay_cores=decay_cores)
+    model = GMF(DataInfo.from_prepared(small_ranking_data()), factory, embedding_dim=8)
+    optimizer = make_optimizer(model, lr=0.01, weight_decay=0.1)
+    cores = [c for layer in (model.user_embedding, model.item_embedding) for c in layer.cores]
+    others = [model.output.weight]
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    moved = {id(p): not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before)}
+    assert all(moved[id(p)] for p in others)
+    assert all(moved[id(c)] == decay_cores for c in cores)
+    assert model.item_embedding.knobs()["decay_cores"] is decay_cores
