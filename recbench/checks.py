@@ -308,6 +308,9 @@ def check_run_config(cfg: DictConfig) -> None:
             raise ConfigError(f"train.{key}={cfg.train[key]} must be >= 1")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr={cfg.train.lr} must be > 0, e.g. 0.001")
+    fused = cfg.train.get("fused_vq", "auto")
+    if fused not in (True, False, "auto"):
+        raise ConfigError(f"train.fused_vq={fused} is unknown; choose true, false or auto")
     if cfg.eval.k < 1:
         raise ConfigError(f"eval.k={cfg.eval.k} must be >= 1")
     if cfg.eval.get("reference_dim", 64) < 1:

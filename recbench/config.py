@@ -78,7 +78,7 @@ class TrainConfig:
     progress: bool = True
     sparse: bool = False
     compile: bool = False
-    fused_vq: bool = False
+    fused_vq: bool | str = "auto"  # auto | true | false (recbench.embeddings.vq.use_fused_search)
 
 
 @dataclass

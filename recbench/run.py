@@ -316,7 +316,7 @@ def _train_and_evaluate(
         progress=cfg.train.progress and not parallel_launcher(),
         sparse=cfg.train.sparse,
         compile=cfg.train.compile,
-        fused_vq=cfg.train.get("fused_vq", False),
+        fused_vq=cfg.train.get("fused_vq", "auto"),
     )
     result = fit(
         model,

@@ -194,6 +194,7 @@ def test_params_leave_out_plumbing_but_keep_the_cell() -> None:
             ["dataset.tie_break=time"],
             "dataset.tie_break=time is unknown; choose one of file, item, random",
         ),
+        (["train.fused_vq=sometimes"], "train.fused_vq=sometimes is unknown; choose true, false or auto"),
     ],
 )
 def test_preflight_messages(args: list[str], expected: str) -> None:
@@ -207,6 +208,8 @@ def test_preflight_accepts_good_command_lines() -> None:
     assert preflight(["-m", "seed=0,1", "method=full"]) is None
     assert preflight(["method=qr", "user_method=qr", "user_method.num_buckets=16"]) is None
     assert preflight(["+experiment=keras_qr_md"]) is None
+    assert preflight(["method=dpq", "train.fused_vq=false"]) is None
+    assert preflight(["method=dpq", "train.fused_vq=true"]) is None
 
 
 def test_typo_hints_never_suggest_adding_the_typo() -> None:

@@ -37,6 +37,7 @@ the same codes and values bit for bit, in well under half the time; everything e
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, NamedTuple
@@ -48,6 +49,8 @@ from recbench.embeddings import vq_kernel
 from recbench.embeddings.base import CompressedEmbedding, Knobs
 from recbench.embeddings.packing import MAX_BITS
 from recbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Largest temporary of the matrix-product distance computation, in elements (rows are chunked).
 _MAX_DISTANCE_ELEMENTS = 1 << 24
@@ -661,15 +664,32 @@ class VQEmbedding(CompressedEmbedding):
         return self._train_step_lookup(ids, torch.ones_like(ids), self._train_codes[1])
 
 
-def use_fused_search(model: nn.Module, enabled: bool = True) -> int:
+def use_fused_search(
+    model: nn.Module,
+    enabled: bool = True,
+    *,
+    required: bool = True,
+    device: torch.device | None = None,
+) -> int:
     """Switch every DPQ/MGQE layer of ``model`` to the compiled nearest-centroid search
-    (``train.fused_vq=true``; ``recbench.embeddings.vq_kernel``) or back; returns how many layers
-    it switched. Compiles the kernel first, so a missing C compiler fails here with a one-line
-    ``ConfigError``, before training starts. The codes, outputs and gradients are the same bit for
-    bit; only the search is faster."""
+    (``train.fused_vq``; ``recbench.embeddings.vq_kernel``) or back; returns how many layers it
+    switched. The codes, outputs and gradients are the same bit for bit; only the search is faster.
+
+    ``required`` (``train.fused_vq=true``) compiles the kernel first, so a missing C compiler fails
+    here with a one-line ``ConfigError``, before training starts. Otherwise (``auto``, the default)
+    a model on a non-CPU ``device`` or a machine that cannot build the kernel keeps the eager
+    search (logged once), since nothing a run computes depends on the choice."""
     layers = [m for m in model.modules() if isinstance(m, VQEmbedding)]
     if enabled and layers:
-        vq_kernel.load()
+        if not required and device is not None and device.type != "cpu":
+            return 0
+        try:
+            vq_kernel.load()
+        except ConfigError as exc:
+            if required:
+                raise
+            log.info("train.fused_vq=auto keeps the eager DPQ/MGQE search: %s", exc)
+            return 0
     for layer in layers:
         layer.fused_search = bool(enabled)
     return len(layers)

@@ -46,7 +46,8 @@ class FitOptions:
     tables sparse gradients and SparseAdam; ``compile`` runs the loss (the model's forward and,
     through AOTAutograd, its backward) under ``torch.compile``; the optimizer stays eager;
     ``fused_vq`` runs DPQ/MGQE's nearest-centroid search in the compiled C loop of
-    ``recbench.embeddings.vq_kernel`` (same results bit for bit, shorter CPU steps).
+    ``recbench.embeddings.vq_kernel`` (same results bit for bit, shorter CPU steps): ``True``
+    requires it, ``"auto"`` uses it on CPU when a C compiler builds it, ``False`` never.
     """
 
     loss: str
@@ -60,7 +61,7 @@ class FitOptions:
     progress: bool = True
     sparse: bool = False
     compile: bool = False
-    fused_vq: bool = False
+    fused_vq: bool | str = "auto"
 
 
 @dataclass
@@ -151,7 +152,7 @@ def _train(
     if options.fused_vq:
         from recbench.embeddings.vq import use_fused_search
 
-        use_fused_search(model)
+        use_fused_search(model, required=options.fused_vq is True, device=device)
     flush_denormals()
     generator = torch.Generator(device=device)
     generator.manual_seed(options.seed)

@@ -149,3 +149,29 @@ def test_missing_compiler_is_a_one_line_config_error(monkeypatch: pytest.MonkeyP
         vq.use_fused_search(model)
     assert "\n" not in str(info.value) and "train.fused_vq=false" in str(info.value)
     assert vq.use_fused_search(model, enabled=False) == 2  # switching off needs no compiler
+
+
+@needs_compiler
+def test_auto_uses_the_kernel_when_it_builds_and_falls_back_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``train.fused_vq=auto`` (the default): the compiled search on CPU when a compiler builds
+    it; the eager search, without an error, when none can or when the model is not on the CPU."""
+    model = GMF(
+        DataInfo.from_prepared(small_ranking_data()),
+        functools.partial(DPQEmbedding, num_subspaces=8, num_centroids=16),
+        embedding_dim=8,
+    )
+    layers = [model.user_embedding, model.item_embedding]
+    cpu = torch.device("cpu")
+    assert vq.use_fused_search(model, required=False, device=torch.device("cuda")) == 0
+    assert not any(layer.fused_search for layer in layers)
+    assert vq.use_fused_search(model, required=False, device=cpu) == 2
+    assert all(layer.fused_search for layer in layers)
+    vq.use_fused_search(model, enabled=False)
+    monkeypatch.setattr(vq_kernel, "_library", None)
+    monkeypatch.setattr(vq_kernel, "_compiler", lambda: None)
+    assert vq.use_fused_search(model, required=False, device=cpu) == 0
+    assert not any(layer.fused_search for layer in layers)
+    with pytest.raises(ConfigError, match="needs a C compiler"):
+        vq.use_fused_search(model, required=True, device=cpu)
