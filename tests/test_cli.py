@@ -194,7 +194,10 @@ def test_params_leave_out_plumbing_but_keep_the_cell() -> None:
             ["dataset.tie_break=time"],
             "dataset.tie_break=time is unknown; choose one of file, item, random",
         ),
-        (["train.fused_vq=sometimes"], "train.fused_vq=sometimes is unknown; choose true, false or auto"),
+        (
+            ["train.fused_vq=sometimes"],
+            "train.fused_vq=sometimes is unknown; choose true, false or auto",
+        ),
     ],
 )
 def test_preflight_messages(args: list[str], expected: str) -> None:
