@@ -34,7 +34,8 @@ recbench's GMF against it with ``--reference-variant recbole --fraction 1``: the
 reach RecBole's best validation NDCG@10). Results: a table on the terminal (``x ref``: a
 variant's time to target over the reference variant's) and CSVs (``--out``: the summary;
 ``<out>.history.csv``: every epoch of every variant, rewritten after each epoch); ``--from-history <out>.history.csv``
-summarises a finished (or interrupted) run again for another reference or fraction without training.
+summarises a finished (or interrupted) run again for another reference or fraction without training
+(several history files are read as one run: variants trained in parallel processes).
 """
 
 from __future__ import annotations
@@ -351,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=None, help="seconds per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "time_to_quality.csv"))
-    parser.add_argument("--from-history", default=None, metavar="CSV",
+    parser.add_argument("--from-history", default=None, metavar="CSV", nargs="+",
                         help="summarise a previous run's <out>.history.csv for another --reference-variant, "
-                        "--reference or --fraction (no training, nothing written)")  # fmt: skip
+                        "--reference or --fraction (no training, nothing written); several files are "
+                        "read as one run (e.g. variants trained in parallel processes)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if not 0 < args.fraction <= 1:
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_epochs < 1:
             raise ConfigError(f"--max-epochs={args.max_epochs} must be >= 1")
         if args.from_history:
-            variants = read_history(Path(args.from_history))
+            variants = [v for path in args.from_history for v in read_history(Path(path))]
             names = [v.name for v in variants]
         else:
             variants_spec = parse_named(args.variant or ["full=method=full"], "--variant")

@@ -155,6 +155,12 @@ def test_from_history_resummarises_against_another_reference(tmp_path: Path, cap
         fast.split()[2:5] == ["2.0", "2.0", "2"] and fast.split()[-1] == "0.250"
     )  # 2 s against 8 s
     assert not (tmp_path / "run.history.history.csv").exists()  # nothing written
+    other = tmp_path / "other.history.csv"  # a variant trained in another process
+    other.write_text("variant,epoch,train_s,valid_s,value\nslow,1,10.0,1.0,0.36\n")
+    assert ttq.main(["--from-history", str(history), str(other), "--reference-variant", "lib"]) == 0
+    out = capsys.readouterr().out
+    assert "target: 0.95 x 0.3500" in out and any(x.startswith("slow ") for x in out.splitlines())
+    assert ttq.main(["--from-history", str(history), str(history)]) == 2  # same names twice
     assert ttq.main(["--from-history", str(tmp_path / "none.csv")]) == 2
     assert "--from-history=" in capsys.readouterr().err
 
