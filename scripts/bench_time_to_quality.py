@@ -313,6 +313,32 @@ def read_history(path: Path) -> list[Variant]:
     return list(variants.values())
 
 
+def plot_curves(variants: list[Variant], target: float, path: Path) -> None:
+    """Validation NDCG@K of every variant against the wall seconds (training + validation) it
+    has spent, with the target as a line: the trade-off a user faces, not just the end points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for v in variants:
+        seconds, spent = [], 0.0
+        for e in v.history:
+            spent += e.train_s + e.valid_s
+            seconds.append(spent / 60)
+        ax.plot(seconds, [e.value for e in v.history], marker=".", label=v.name)
+    if math.isfinite(target):
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.4f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("wall minutes (training + validation after every epoch, log scale)")
+    ax.set_ylabel("validation NDCG (higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def print_table(rows: list[Summary]) -> None:
     head = (f"{'variant':16} {'target':>7} {'to target (s)':>13} {'train s':>7} {'epochs':>6} {'best':>7} "
             f"{'at ep':>5} {'ran':>4} {'epoch_s':>8} {'total_s':>8} {'x ref':>6}  note")  # fmt: skip
@@ -356,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="summarise a previous run's <out>.history.csv for another --reference-variant, "
                         "--reference or --fraction (no training, nothing written); several files are "
                         "read as one run (e.g. variants trained in parallel processes)")  # fmt: skip
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also draw validation NDCG@K against wall time per variant (with --from-history too)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if not 0 < args.fraction <= 1:
@@ -406,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntarget: {args.fraction:g} x {reference:.4f} = {target:.4f} validation NDCG "
           f"(reference: {args.reference if args.reference is not None else reference_name})")  # fmt: skip
     print_table(rows)
+    if args.plot:
+        plot_curves(variants, target, Path(args.plot))
+        print(f"wrote {args.plot}")
     if args.from_history:
         return 0
     out = Path(args.out)

@@ -161,6 +161,9 @@ def test_from_history_resummarises_against_another_reference(tmp_path: Path, cap
     out = capsys.readouterr().out
     assert "target: 0.95 x 0.3500" in out and any(x.startswith("slow ") for x in out.splitlines())
     assert ttq.main(["--from-history", str(history), str(history)]) == 2  # same names twice
+    png = tmp_path / "curves.png"
+    assert ttq.main(["--from-history", str(history), str(other), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert ttq.main(["--from-history", str(tmp_path / "none.csv")]) == 2
     assert "--from-history=" in capsys.readouterr().err
 
