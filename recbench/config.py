@@ -70,7 +70,7 @@ class TrainConfig:
     loss: str = "bce"
     num_negatives: int = 4
     num_sampled: int = 1000
-    sampled_distribution: str = "uniform"
+    sampled_distribution: str = "popularity"
     patience: int = 10
     min_epochs: int = 0
     monitor: str | None = None

@@ -97,7 +97,7 @@ def shared_negatives(
     return SharedNegatives(
         data.num_items,
         cfg.train.get("num_sampled", 1000),
-        cfg.train.get("sampled_distribution", "uniform"),
+        cfg.train.get("sampled_distribution", "popularity"),
         data.item_counts,
         device,
     )

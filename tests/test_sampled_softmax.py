@@ -104,6 +104,7 @@ def test_samplers_carry_shared_candidates() -> None:
         data, compose_cfg("model=sasrec", "train.loss=sampled_softmax", "train.num_sampled=7"), CPU
     )
     assert parts.sampler.k == 0
+    assert parts.sampler.shared.distribution == "popularity"  # the default (docs/performance.md)
     (batch,) = list(parts.sampler.epoch(torch.Generator().manual_seed(0)))
     assert batch.items.shape[-1] == 1 and batch.candidates.shape == (7,)
     assert batch.num_samples == int(batch.mask.sum()) * 8
