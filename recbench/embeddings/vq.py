@@ -678,7 +678,7 @@ def use_fused_search(
     ``required`` (``train.fused_vq=true``) compiles the kernel first, so a missing C compiler fails
     here with a one-line ``ConfigError``, before training starts. Otherwise (``auto``, the default)
     a model on a non-CPU ``device`` or a machine that cannot build the kernel keeps the eager
-    search (logged once), since nothing a run computes depends on the choice."""
+    search (one log line per call), since nothing a run computes depends on the choice."""
     layers = [m for m in model.modules() if isinstance(m, VQEmbedding)]
     if enabled and layers:
         if not required and device is not None and device.type != "cpu":
