@@ -140,6 +140,25 @@ def tuned_name(config: DictConfig) -> str:
 
 
 # ------------------------------------------------------------------------------ sweep results
+#: How a Hydra sweep override marks a searched dimension (``'train.batch_size=choice(256,512)'``).
+SWEEP_EXPRESSIONS = ("choice(", "interval(", "range(", "tag(", "glob(")
+#: Written into the sweep folder when a study starts: the space it searched, command line included
+#: (a trial's own ``hydra.yaml`` only keeps the values it was given).
+SPACE_FILE = "search_space.yaml"
+
+
+def search_space(config: DictConfig) -> dict[str, str]:
+    """Searched knob -> its range: the sweeper's ``params`` with the command line's sweep expressions
+    (``'train.batch_size=choice(256,512,1024,2048)'``) taking precedence, as the sweeper uses them."""
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    space = {str(k): str(v) for k, v in params.items()}
+    for override in OmegaConf.select(config, "hydra.overrides.task") or []:
+        key, _, value = str(override).partition("=")
+        if value.startswith(SWEEP_EXPRESSIONS):
+            space[key.lstrip("+~")] = value
+    return space
+
+
 def _load_yaml(path: Path) -> Any:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else None
 
@@ -273,11 +292,13 @@ def write_tuned(
         values[key] = OmegaConf.select(OmegaConf.create(resolved), key)
     if _own_task(_model_choice(config)) not in (None, task):
         values["task"] = task
+    space = _load_yaml(sweep_dir / SPACE_FILE) or search_space(config)
+    configured = OmegaConf.select(config, "hydra.sweeper.params") or {}
     overrides = [
         o
         for o in (OmegaConf.select(config, "hydra.overrides.task") or [])
-        if not o.startswith("hydra.") and o.split("=", 1)[0] not in best_params
-    ]
+        if not o.startswith("hydra.") and o.split("=", 1)[0].lstrip("+~") not in space
+    ] + [f"'{k}={v}'" for k, v in space.items() if str(configured.get(k)) != v]
     sampler = OmegaConf.select(config, "hydra.sweeper.sampler") or {}
     out_dir = Path(out_dir) if out_dir is not None else TUNED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +313,7 @@ def write_tuned(
         + ("" if results else " (stopped before its n_trials)")
         + f", {str(sampler.get('_target_', '?')).rsplit('.', 1)[-1]} "
         f"seed {sampler.get('seed')}, val/{metric} {direction(task, monitor)}d; test data not read",
+        "#   search space: " + "; ".join(f"{k}={v}" for k, v in space.items()),
         f"#   best trial {best['trial']}: val/{metric} = {float(best['objective']):.4f} "
         f"(best epoch {best['fit/best_epoch']} of {best['fit/epochs_run']} run)",
         f"#   trials: {csv_path.name}",
@@ -316,6 +338,11 @@ class TunedWriter(Callback):
         except ConfigError as exc:
             print(f"recbench: error: {exc}", file=sys.stderr, flush=True)
             sys.exit(exc.exit_code)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SPACE_FILE).write_text(
+            OmegaConf.to_yaml(OmegaConf.create(search_space(config)))
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         name = self.name or tuned_name(config)

@@ -122,7 +122,7 @@ def test_tuning_sweep_never_reads_test_data_and_writes_the_best_trial(tmp_path: 
     sweep, out = tmp_path / "sweep", tmp_path / "tuned"
     proc = spied_run(
         ["-m", "+tune=default", *TINY, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
-         f"hydra.callbacks.tuned_writer.out_dir={out}"],
+         f"hydra.callbacks.tuned_writer.out_dir={out}", "train.batch_size=choice(256,512)"],
         tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -148,9 +148,17 @@ def test_tuning_sweep_never_reads_test_data_and_writes_the_best_trial(tmp_path: 
     for key, value in results["best_params"].items():
         assert train[key.split(".", 1)[1]] == value
     assert train["epochs"] == 2 and train["patience"] == 10 and train["loss"] == "bce"
+    # the header says how to rerun the study: the command line's search-space override included
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    tuned_by = next(line for line in header if "tuned by:" in line)
+    assert "'train.batch_size=choice(256,512)'" in tuned_by and "train.lr=" not in tuned_by
+    space = next(line for line in header if "search space:" in line)
+    assert "train.batch_size=choice(256,512);" in space
+    assert "train.lr=tag(log, interval(0.0005, 0.02))" in space
     with (out / "synthetic_gmf_full.trials.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["status"] for r in rows] == ["FINISHED"] * 3
+    assert {r["train.batch_size"] for r in rows} <= {"256", "512"}  # the override was searched
     assert sorted(float(r["objective"]) for r in rows) == pytest.approx(sorted(values))
     assert {"train.lr", "train.batch_size", "train.num_negatives", "train.weight_decay"} <= set(
         rows[0]
@@ -162,10 +170,9 @@ def test_tuning_sweep_never_reads_test_data_and_writes_the_best_trial(tmp_path: 
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
-    assert (
-        yaml.safe_load((tmp_path / "again" / "synthetic_gmf_full.yaml").read_text())["train"]
-        == train
-    )
+    rewritten = (tmp_path / "again" / "synthetic_gmf_full.yaml").read_text()
+    assert yaml.safe_load(rewritten)["train"] == train
+    assert space in rewritten.splitlines()  # read back from the sweep folder's search_space.yaml
 
 
 def test_tuning_cli_needs_a_finished_sweep(tmp_path: Path) -> None:
