@@ -6,8 +6,8 @@ is optimistic (the winner's curse: on ml-100k's 943 validation users, NeuMF's be
 candidate another), compare them on the final runs' *validation* metric (``best/`` = the restored
 best epoch's value) over the seeds that did not take part in the selection: the test split plays no
 part in the choice. Each folder holds the run folders of one setting (a sweep's
-``hydra.sweep.dir``); runs are paired by seed. Prints per-seed values, means and a two-sided paired
-t-test; nothing is written.
+``hydra.sweep.dir``); runs are paired by seed. Prints per-seed values, means and the report's
+two-sided paired t-test and Wilcoxon test (none below 3 seeds); nothing is written.
 
     python scripts/compare_validation.py outputs/final/neumf_tuned outputs/final/neumf_default
     python scripts/compare_validation.py A B --metric best/hr_at_10 --exclude-seeds 0
@@ -22,9 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from scipy import stats
-
 from recbench.record import higher_is_better
+from recbench.report.stats import Comparison, compare_paired
 
 
 def seed_values(folder: Path, metric: str) -> dict[int, float]:
@@ -44,17 +43,16 @@ def seed_values(folder: Path, metric: str) -> dict[int, float]:
 
 
 def compare(
-    a: dict[int, float], b: dict[int, float], exclude: Sequence[int] = ()
-) -> tuple[list[int], float, float, float]:
-    """Seeds both have (minus ``exclude``), mean of A, mean of B and the paired t-test's two-sided
-    p (NaN below 2 seeds or when every difference is equal)."""
+    a: dict[int, float], b: dict[int, float], exclude: Sequence[int] = (), higher: bool = True
+) -> tuple[list[int], float, float, Comparison]:
+    """Seeds both have (minus ``exclude``), mean of A, mean of B, and the report's paired
+    comparison of A against B (``recbench.report.stats.compare_paired``: t-test, Wilcoxon)."""
     seeds = sorted((set(a) & set(b)) - set(exclude))
     xs, ys = [a[s] for s in seeds], [b[s] for s in seeds]
     mean_a = sum(xs) / len(xs) if xs else math.nan
     mean_b = sum(ys) / len(ys) if ys else math.nan
-    diffs = {round(x - y, 15) for x, y in zip(xs, ys)}
-    p = math.nan if len(seeds) < 2 or len(diffs) < 2 else float(stats.ttest_rel(xs, ys).pvalue)
-    return seeds, mean_a, mean_b, p
+    result = compare_paired(dict(zip(seeds, xs)), dict(zip(seeds, ys)), higher)
+    return seeds, mean_a, mean_b, result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="comma-separated seeds left out, e.g. 0 (the seed the study tuned on)",
     )
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     if not args.metric.startswith("best/"):
         print(f"compare_validation: error: --metric {args.metric} is not a validation metric "
               "(best/...); the test split must not choose settings", file=sys.stderr)  # fmt: skip
@@ -82,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"compare_validation: error: {err}", file=sys.stderr)
         return 2
-    seeds, mean_a, mean_b, p = compare(a, b, exclude)
+    higher = higher_is_better(args.metric)  # RMSE, MAE: lower is better
+    seeds, mean_a, mean_b, result = compare(a, b, exclude, higher)
     if not seeds:
         print(f"compare_validation: error: no seed has a FINISHED run with {args.metric} in both "
               f"{args.a} and {args.b}", file=sys.stderr)  # fmt: skip
@@ -91,9 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in seeds:
         print(f"{s:>6} {a[s]:9.4f} {b[s]:9.4f} {a[s] - b[s]:+9.4f}")
     print(f"{'mean':>6} {mean_a:9.4f} {mean_b:9.4f} {mean_a - mean_b:+9.4f}")
-    sign = 1.0 if higher_is_better(args.metric) else -1.0  # RMSE, MAE: lower is better
+    sign = 1.0 if higher else -1.0
     better = "A" if sign * (mean_a - mean_b) > 0 else "B" if mean_a != mean_b else "neither"
-    print(f"{args.metric} over seeds {seeds}: {better} is better; paired t-test p = {p:.3g} "
+    print(f"{args.metric} over seeds {seeds}: {better} is better; paired t-test p = "
+          f"{result.p_value:.3g}, Wilcoxon p = {result.p_wilcoxon:.3g} "
           f"(A: {args.a}, B: {args.b})")  # fmt: skip
     return 0
 
